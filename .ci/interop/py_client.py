@@ -1,0 +1,107 @@
+"""Interop check with the official Python MCP client (PyPI `mcp`, pinned in requirements.txt).
+
+usage: py_client.py URL default|legacy
+
+default: `Client(url)` -- mode="auto": probes `server/discover` and adopts 2026-07-28
+         (stateless). If the server does not answer discover it silently falls back
+         to initialize, so the negotiated version is asserted to be 2026-07-28.
+legacy:  `Client(url, mode="legacy")` -- forces the initialize handshake (sessions,
+         newest handshake-era version, 2025-11-25 in mcp 2.3.0).
+
+Exit 0 when every step passed; prints one line per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import traceback
+from typing import Any
+
+from mcp import Client
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+EXPECTED_TOOLS = {"trigger-call", "get-call", "list-calls", "end-call", "wait-for-call"}
+TRIGGER_KEYS = {"callSid", "status", "message", "sseUrl", "resourceUri"}
+UNKNOWN_SID = "CA00000000000000000000000000000000"
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise CheckFailed(msg)
+
+
+def dump(result: Any) -> str:
+    try:
+        return json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True))[:1500]
+    except Exception:  # noqa: BLE001 - diagnostics only
+        return repr(result)[:1500]
+
+
+async def run(url: str, mode: str) -> None:
+    client = Client(url) if mode == "default" else Client(url, mode="legacy", read_timeout_seconds=30)
+    async with client:
+        version = client.protocol_version
+        print(f"  negotiated protocol version: {version}")
+        if mode == "default":
+            require(version == "2026-07-28", f"default mode negotiated {version}, expected 2026-07-28 "
+                    "(server/discover not answered? the client fell back to initialize)")
+        else:
+            require(version in HANDSHAKE_PROTOCOL_VERSIONS, f"legacy mode negotiated {version}")
+
+        tools = await client.list_tools()
+        names = {t.name for t in tools.tools}
+        print(f"  tools/list: {sorted(names)}")
+        require(EXPECTED_TOOLS <= names, f"missing tools: {sorted(EXPECTED_TOOLS - names)}")
+
+        trig = await client.call_tool(
+            "trigger-call",
+            {"toNumber": "+15005550006", "callContext": f"interop check (python {mode})"},
+        )
+        print(f"  trigger-call: {dump(trig)}")
+        require(not trig.is_error, "trigger-call returned isError=true")
+        sc = trig.structured_content
+        require(isinstance(sc, dict), "trigger-call has no structuredContent object")
+        require(TRIGGER_KEYS <= set(sc), f"trigger-call structuredContent lacks {sorted(TRIGGER_KEYS - set(sc))}")
+        sid = sc["callSid"]
+        require(isinstance(sid, str) and sid != "", "callSid is not a non-empty string")
+
+        got = await client.call_tool("get-call", {"callSid": sid})
+        print(f"  get-call: {dump(got)}")
+        require(not got.is_error, "get-call returned isError=true")
+        require(isinstance(got.structured_content, dict), "get-call has no structuredContent object")
+        require(got.structured_content.get("callSid") == sid,
+                f"get-call callSid {got.structured_content.get('callSid')!r} != {sid!r}")
+
+        try:
+            unknown = await client.call_tool("get-call", {"callSid": UNKNOWN_SID})
+        except Exception as e:  # noqa: BLE001
+            raise CheckFailed(f"get-call on an unknown sid raised instead of returning isError=true: {e!r}") from e
+        print(f"  get-call(unknown): {dump(unknown)}")
+        require(unknown.is_error, "get-call on an unknown sid did not return isError=true")
+
+
+def main() -> int:
+    url, mode = sys.argv[1], sys.argv[2]
+    if mode not in ("default", "legacy"):
+        print("mode must be default or legacy", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(asyncio.wait_for(run(url, mode), timeout=90))
+    except CheckFailed as e:
+        print(f"  FAILED: {e}")
+        return 1
+    except BaseException as e:  # noqa: BLE001 - report anything, incl. ExceptionGroup
+        print(f"  FAILED with exception: {e!r}")
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

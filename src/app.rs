@@ -1,0 +1,109 @@
+//! The application: shared state, the HTTP router, and serving with a graceful shutdown.
+//!
+//! Everything long-lived hangs off [`AppState`]: the configuration, the call registry, the switchboard,
+//! and one shutdown token that every loop selects on. Background work is spawned on `tasks`, so it is
+//! awaited while draining instead of being cut off mid-write.
+
+use crate::calls::CallRegistry;
+use crate::carrier::{rest, webhooks};
+use crate::config::Config;
+use crate::mcp;
+use crate::switchboard::Switchboard;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::trace::TraceLayer;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub calls: Arc<CallRegistry>,
+    pub switchboard: Arc<Switchboard>,
+    /// Cancelled once, when the server starts draining.
+    pub shutdown: CancellationToken,
+    /// Every background task; awaited (bounded) before the process exits.
+    pub tasks: TaskTracker,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Result<Self, rest::Error> {
+        let config = Arc::new(config);
+        let calls = Arc::new(CallRegistry::new(config.max_concurrent_calls));
+        let switchboard = Arc::new(Switchboard::new(config.clone(), calls.clone())?);
+        Ok(Self { config, calls, switchboard, shutdown: CancellationToken::new(), tasks: TaskTracker::new() })
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(webhooks::router())
+        .nest_service("/mcp", mcp::service(state.clone()))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The process is up.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// The process takes new work; 503 while draining so a load balancer stops sending calls here.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let draining = state.shutdown.is_cancelled();
+    let status = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let body = serde_json::json!({
+        "status": if draining { "draining" } else { "ready" },
+        "activeCalls": state.calls.active_count(),
+        "sandbox": state.config.sandbox,
+    });
+    (status, Json(body))
+}
+
+/// Serves until `shutdown` resolves, then drains: no new calls, in-flight requests get
+/// `SHUTDOWN_GRACE_SECS` to finish, background tasks are awaited, and it returns.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state.clone());
+    let token = state.shutdown.clone();
+    let drain = {
+        let token = token.clone();
+        let calls = state.calls.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {},
+                () = token.cancelled() => {},
+            }
+            tracing::info!("shutting down: refusing new calls, finishing requests in flight");
+            calls.close();
+            // Ends MCP sessions and their open streams, so connections can close.
+            token.cancel();
+        }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(drain).into_future();
+    let grace = state.config.shutdown_grace;
+    let result = tokio::select! {
+        r = server => r,
+        () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "connections still open after the grace period; closing them");
+            Ok(())
+        }
+    };
+    state.tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), state.tasks.wait()).await.is_err() {
+        tracing::warn!("background tasks did not finish in time");
+    }
+    result
+}

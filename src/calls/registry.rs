@@ -1,0 +1,347 @@
+//! Every call this process knows about, safe to share across tasks.
+//!
+//! The map is behind a `std::sync::RwLock` held only for lookups and inserts (never across an `.await`);
+//! each call has its own mutex, so a busy call never slows another. A semaphore holds one permit per
+//! live call, which is how `MAX_CONCURRENT_CALLS` is enforced without a check-then-act race: the permit
+//! is taken before the carrier is asked to dial and given back the moment the call ends.
+//!
+//! Twilio may post a status callback before its REST reply naming the new call has reached us. While a
+//! dial is in flight, updates for unknown calls are parked and applied when the call is inserted, so no
+//! early `initiated` or `ringing` is lost.
+
+use super::{Applied, Call, CallSid, CallStatus, CallUpdate};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+/// Ended calls kept in memory for `get-call`/`list-calls`; older ones are forgotten first.
+const RETAINED_ENDED_CALLS: usize = 10_000;
+/// Calls with early updates parked at once; more than this is not a race but a flood, and is dropped.
+const MAX_PARKED_CALLS: usize = 1_024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{max} calls are already in progress, the most this server allows at once; wait for one to end")]
+    TooManyCalls { max: usize },
+    #[error("the server is shutting down and is not placing new calls")]
+    Closed,
+}
+
+/// What happened to an update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateOutcome {
+    /// The call exists; this is what changed and the call as it is now.
+    Applied(Applied, Box<Call>),
+    /// The call is not known yet but a dial is in flight: held until it is inserted.
+    Parked,
+    /// No such call.
+    Unknown,
+}
+
+#[derive(Debug)]
+pub struct CallRegistry {
+    inner: RwLock<Inner>,
+    slots: Arc<Semaphore>,
+    max_concurrent: usize,
+    dials_in_flight: Arc<AtomicUsize>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    calls: HashMap<CallSid, Arc<CallEntry>>,
+    /// Insertion order, oldest first: listing and forgetting ended calls.
+    order: VecDeque<CallSid>,
+    parked: HashMap<CallSid, Vec<CallUpdate>>,
+}
+
+/// One call's state and the means to watch it.
+#[derive(Debug)]
+pub struct CallEntry {
+    call: Mutex<Call>,
+    /// Bumped on every change; `wait-for-call` and notifications wait on it instead of polling.
+    version: watch::Sender<u64>,
+    /// The concurrency permit, released when the call ends.
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Per-call secret the media stream must present (it rides in the TwiML's `<Parameter>`).
+    stream_token: String,
+}
+
+impl CallEntry {
+    pub fn snapshot(&self) -> Call {
+        lock(&self.call).clone()
+    }
+
+    pub fn stream_token(&self) -> &str {
+        &self.stream_token
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    /// Applies an update and returns what changed plus the call afterwards.
+    pub fn apply(&self, update: CallUpdate) -> (Applied, Call) {
+        let (applied, snapshot) = {
+            let mut call = lock(&self.call);
+            let applied = call.apply(update);
+            (applied, call.clone())
+        };
+        if applied.changed() {
+            if snapshot.status.is_terminal() {
+                lock(&self.slot).take();
+            }
+            self.version.send_modify(|v| *v += 1);
+        }
+        (applied, snapshot)
+    }
+
+    /// Changes the call with `f` (for edges that add to it, e.g. transcript lines) and wakes watchers.
+    pub fn modify<R>(&self, f: impl FnOnce(&mut Call) -> R) -> R {
+        let r = f(&mut lock(&self.call));
+        self.version.send_modify(|v| *v += 1);
+        r
+    }
+}
+
+/// A reserved place for one more call, taken before any money is spent. Dropping it unused gives the
+/// place back.
+#[derive(Debug)]
+pub struct DialTicket {
+    permit: Option<OwnedSemaphorePermit>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Drop for DialTicket {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl CallRegistry {
+    pub fn new(max_concurrent: usize) -> Self {
+        Self {
+            inner: RwLock::default(),
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
+            dials_in_flight: Arc::default(),
+        }
+    }
+
+    /// Reserves a place for a new call, or says why not.
+    pub fn reserve(&self) -> Result<DialTicket, RegistryError> {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(RegistryError::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                return Err(RegistryError::TooManyCalls { max: self.max_concurrent });
+            }
+        };
+        self.dials_in_flight.fetch_add(1, Ordering::AcqRel);
+        Ok(DialTicket { permit: Some(permit), in_flight: self.dials_in_flight.clone() })
+    }
+
+    /// Refuses every later `reserve`; calls already placed go on.
+    pub fn close(&self) {
+        self.slots.close();
+    }
+
+    /// Stores a newly placed call, applies any updates that raced ahead of it, and returns its entry.
+    pub fn insert(&self, mut ticket: DialTicket, call: Call, stream_token: String) -> Arc<CallEntry> {
+        let sid = call.call_sid.clone();
+        let entry = Arc::new(CallEntry {
+            call: Mutex::new(call),
+            version: watch::Sender::new(0),
+            slot: Mutex::new(ticket.permit.take()),
+            stream_token,
+        });
+        let early = {
+            let mut inner = write(&self.inner);
+            inner.calls.insert(sid.clone(), entry.clone());
+            inner.order.push_back(sid.clone());
+            inner.forget_old_ended_calls();
+            let early = inner.parked.remove(&sid).unwrap_or_default();
+            // The last dial in flight has landed: whatever is still parked belongs to no call of ours.
+            if self.dials_in_flight.load(Ordering::Acquire) <= 1 {
+                inner.parked.clear();
+            }
+            early
+        };
+        for update in early {
+            entry.apply(update);
+        }
+        entry
+    }
+
+    pub fn entry(&self, sid: &str) -> Option<Arc<CallEntry>> {
+        read(&self.inner).calls.get(sid).cloned()
+    }
+
+    pub fn get(&self, sid: &str) -> Option<Call> {
+        self.entry(sid).map(|e| e.snapshot())
+    }
+
+    /// Applies an update to a call, parking it if the call's dial has not returned yet.
+    pub fn update(&self, sid: &str, update: CallUpdate) -> UpdateOutcome {
+        if let Some(entry) = self.entry(sid) {
+            let (applied, call) = entry.apply(update);
+            return UpdateOutcome::Applied(applied, Box::new(call));
+        }
+        let mut inner = write(&self.inner);
+        // Re-check under the write lock: `insert` may have landed since the read.
+        if let Some(entry) = inner.calls.get(sid).cloned() {
+            drop(inner);
+            let (applied, call) = entry.apply(update);
+            return UpdateOutcome::Applied(applied, Box::new(call));
+        }
+        let parkable = inner.parked.contains_key(sid) || inner.parked.len() < MAX_PARKED_CALLS;
+        if self.dials_in_flight.load(Ordering::Acquire) > 0 && parkable {
+            inner.parked.entry(sid.to_owned()).or_default().push(update);
+            UpdateOutcome::Parked
+        } else {
+            UpdateOutcome::Unknown
+        }
+    }
+
+    /// Calls newest first, optionally only those with one of `statuses`.
+    pub fn list(&self, statuses: Option<&[CallStatus]>, limit: usize) -> Vec<Call> {
+        let entries: Vec<Arc<CallEntry>> = {
+            let inner = read(&self.inner);
+            inner.order.iter().rev().filter_map(|sid| inner.calls.get(sid).cloned()).collect()
+        };
+        entries
+            .iter()
+            .map(|e| e.snapshot())
+            .filter(|c| statuses.is_none_or(|s| s.contains(&c.status)))
+            .take(limit)
+            .collect()
+    }
+
+    /// The most recently placed call, if any.
+    pub fn latest(&self) -> Option<Call> {
+        let inner = read(&self.inner);
+        inner.order.back().and_then(|sid| inner.calls.get(sid)).map(|e| e.snapshot())
+    }
+
+    /// Calls that have not ended.
+    pub fn active_count(&self) -> usize {
+        self.max_concurrent - self.slots.available_permits()
+    }
+}
+
+impl Inner {
+    fn forget_old_ended_calls(&mut self) {
+        let mut excess = self.order.len().saturating_sub(RETAINED_ENDED_CALLS);
+        let mut i = 0;
+        while excess > 0 && i < self.order.len() {
+            let ended = self
+                .order
+                .get(i)
+                .and_then(|sid| self.calls.get(sid))
+                .is_some_and(|e| e.snapshot().status.is_terminal());
+            if ended {
+                if let Some(sid) = self.order.remove(i) {
+                    self.calls.remove(&sid);
+                }
+                excess -= 1;
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+// A poisoned lock means a panic mid-update elsewhere; the data is plain and still consistent enough to
+// serve, and refusing every later request would turn one bug into an outage.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::calls::{CallRequest, E164};
+    use time::OffsetDateTime;
+
+    fn call(sid: &str) -> Call {
+        let request = CallRequest {
+            to: E164::parse("+14155550100").unwrap(),
+            from: E164::parse("+14155550199").unwrap(),
+            context: "test".into(),
+            first_message: None,
+            voice: None,
+            language: None,
+            record: false,
+            machine_detection: false,
+            max_duration_secs: 60,
+        };
+        Call::new(sid.into(), request, CallStatus::Queued, false)
+    }
+
+    fn status(status: CallStatus, seq: u32) -> CallUpdate {
+        CallUpdate::Status {
+            status,
+            sequence: Some(seq),
+            duration_secs: None,
+            answered_by: None,
+            at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    #[test]
+    fn the_cap_is_enforced_before_dialing_and_freed_when_a_call_ends() {
+        let reg = CallRegistry::new(2);
+        let a = reg.reserve().unwrap();
+        let b = reg.reserve().unwrap();
+        assert_eq!(reg.reserve().unwrap_err(), RegistryError::TooManyCalls { max: 2 });
+        drop(b); // a dial that failed gives its place back
+        let b = reg.reserve().unwrap();
+        let entry = reg.insert(a, call("CA1"), "t".into());
+        reg.insert(b, call("CA2"), "t".into());
+        assert_eq!(reg.active_count(), 2);
+        assert!(reg.reserve().is_err());
+        entry.apply(status(CallStatus::Completed, 4));
+        assert_eq!(reg.active_count(), 1);
+        assert!(reg.reserve().is_ok());
+    }
+
+    #[test]
+    fn updates_that_beat_the_dial_reply_are_kept_and_applied() {
+        let reg = CallRegistry::new(4);
+        let ticket = reg.reserve().unwrap();
+        assert_eq!(reg.update("CA9", status(CallStatus::Ringing, 1)), UpdateOutcome::Parked);
+        let entry = reg.insert(ticket, call("CA9"), "t".into());
+        assert_eq!(entry.snapshot().status, CallStatus::Ringing);
+        // With nothing in flight, an unknown call is just unknown.
+        assert_eq!(reg.update("CA404", status(CallStatus::Ringing, 1)), UpdateOutcome::Unknown);
+    }
+
+    #[test]
+    fn closing_refuses_new_calls() {
+        let reg = CallRegistry::new(4);
+        reg.close();
+        assert_eq!(reg.reserve().unwrap_err(), RegistryError::Closed);
+    }
+
+    #[test]
+    fn lists_newest_first_and_filters_by_status() {
+        let reg = CallRegistry::new(4);
+        for sid in ["CA1", "CA2", "CA3"] {
+            let t = reg.reserve().unwrap();
+            reg.insert(t, call(sid), "t".into());
+        }
+        reg.update("CA2", status(CallStatus::InProgress, 2));
+        let sids: Vec<_> = reg.list(None, 10).into_iter().map(|c| c.call_sid).collect();
+        assert_eq!(sids, ["CA3", "CA2", "CA1"]);
+        let live = reg.list(Some(&[CallStatus::InProgress]), 10);
+        assert_eq!(live.len(), 1);
+        assert_eq!(reg.latest().unwrap().call_sid, "CA3");
+    }
+}

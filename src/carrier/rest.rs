@@ -1,0 +1,179 @@
+//! Twilio's REST API, the two calls we make: place a call and hang it up.
+//!
+//! Bodies are form-encoded as Twilio expects; both of Twilio's error shapes (the classic
+//! `{code, message, more_info, status}` and RFC 9457 `{type, title, status, code, detail}`) become one
+//! [`Error::Api`] carrying the code and message a person (or a model) can act on.
+
+use crate::config::{TwilioAuth, TwilioConfig};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Everything Twilio needs to place one call.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    pub to: String,
+    pub from: String,
+    pub twiml: String,
+    pub status_callback: String,
+    pub ring_timeout: Duration,
+    pub time_limit: Duration,
+    /// `RecordingStatusCallback` URL when the call should be recorded.
+    pub recording_callback: Option<String>,
+    /// `AsyncAmdStatusCallback` URL when answering-machine detection is wanted.
+    pub amd_callback: Option<String>,
+}
+
+/// The part of Twilio's Call resource we read.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct CallResource {
+    pub sid: String,
+    pub status: String,
+    #[serde(default)]
+    pub duration: Option<String>,
+    #[serde(default)]
+    pub answered_by: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Hangup {
+    Ended(CallResource),
+    /// Twilio no longer knows the call as live (error 20404): it ended already, which is what we wanted.
+    AlreadyGone,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Twilio refused the request: {message} (Twilio error {code}, HTTP {status})")]
+    Api { status: u16, code: u32, message: String, more_info: Option<String> },
+    #[error("could not reach Twilio: {0}")]
+    Transport(String),
+    #[error("Twilio answered HTTP {status} with a body that is not a Twilio response")]
+    Unreadable { status: u16 },
+}
+
+/// Twilio's error body, in either of its shapes.
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    code: Option<u32>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    detail: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    more_info: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TwilioClient {
+    http: reqwest::Client,
+    calls_url: String,
+    user: String,
+    password: String,
+}
+
+impl TwilioClient {
+    pub fn new(config: &TwilioConfig) -> Result<Self, Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
+            .user_agent(concat!("voice-call-mcp/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        let (user, password) = match &config.auth {
+            TwilioAuth::AuthToken => (config.account_sid.clone(), config.auth_token.clone()),
+            TwilioAuth::ApiKey { sid, secret } => (sid.clone(), secret.clone()),
+        };
+        let base = config.api_base.as_str().trim_end_matches('/');
+        Ok(Self { http, calls_url: format!("{base}/2010-04-01/Accounts/{}/Calls", config.account_sid), user, password })
+    }
+
+    pub async fn create_call(&self, dial: &Dial) -> Result<CallResource, Error> {
+        let mut form: Vec<(&str, String)> = vec![
+            ("To", dial.to.clone()),
+            ("From", dial.from.clone()),
+            ("Twiml", dial.twiml.clone()),
+            ("StatusCallback", dial.status_callback.clone()),
+            ("StatusCallbackMethod", "POST".into()),
+            ("Timeout", dial.ring_timeout.as_secs().to_string()),
+            ("TimeLimit", dial.time_limit.as_secs().to_string()),
+        ];
+        for event in ["initiated", "ringing", "answered", "completed"] {
+            form.push(("StatusCallbackEvent", event.into()));
+        }
+        if let Some(url) = &dial.recording_callback {
+            form.extend([
+                ("Record", "true".into()),
+                ("RecordingChannels", "dual".into()),
+                ("RecordingStatusCallback", url.clone()),
+                ("RecordingStatusCallbackMethod", "POST".into()),
+                ("RecordingStatusCallbackEvent", "completed absent".into()),
+            ]);
+        }
+        if let Some(url) = &dial.amd_callback {
+            form.extend([
+                ("MachineDetection", "Enable".into()),
+                ("AsyncAmd", "true".into()),
+                ("AsyncAmdStatusCallback", url.clone()),
+                ("AsyncAmdStatusCallbackMethod", "POST".into()),
+            ]);
+        }
+        self.post(&format!("{}.json", self.calls_url), &form).await
+    }
+
+    pub async fn hang_up(&self, call_sid: &str, status: &str) -> Result<Hangup, Error> {
+        let url = format!("{}/{call_sid}.json", self.calls_url);
+        match self.post(&url, &[("Status", status.to_owned())]).await {
+            Ok(call) => Ok(Hangup::Ended(call)),
+            Err(Error::Api { code: 20404, .. }) => Ok(Hangup::AlreadyGone),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn post(&self, url: &str, form: &[(&str, String)]) -> Result<CallResource, Error> {
+        let response = self
+            .http
+            .post(url)
+            .basic_auth(&self.user, Some(&self.password))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(form)
+            .send()
+            .await
+            // reqwest's message names the URL (account SID, no secrets): fine to show.
+            .map_err(|e| Error::Transport(e.without_url().to_string()))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| Error::Transport(e.without_url().to_string()))?;
+        if status.is_success() {
+            return serde_json::from_slice(&body).map_err(|_| Error::Unreadable { status: status.as_u16() });
+        }
+        Err(api_error(status.as_u16(), &body))
+    }
+}
+
+fn api_error(status: u16, body: &[u8]) -> Error {
+    let Ok(e) = serde_json::from_slice::<ErrorBody>(body) else {
+        return Error::Unreadable { status };
+    };
+    let message = e.message.or(e.detail).or(e.title).unwrap_or_else(|| format!("HTTP {status} with no message"));
+    Error::Api { status, code: e.code.unwrap_or(0), message, more_info: e.more_info.or(e.kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_error_shapes_surface_code_and_message() {
+        let classic = br#"{"code":21211,"message":"Invalid 'To' Phone Number","more_info":"https://www.twilio.com/docs/errors/21211","status":400}"#;
+        assert!(matches!(api_error(400, classic),
+            Error::Api { code: 21211, ref message, .. } if message == "Invalid 'To' Phone Number"));
+        let rfc9457 = br#"{"type":"https://www.twilio.com/docs/errors/20003","title":"Authenticate","status":401,"code":20003,"detail":"Bad credentials"}"#;
+        assert!(matches!(api_error(401, rfc9457),
+            Error::Api { code: 20003, ref message, .. } if message == "Bad credentials"));
+        assert!(matches!(api_error(502, b"<html>bad gateway</html>"), Error::Unreadable { status: 502 }));
+    }
+}

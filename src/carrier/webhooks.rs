@@ -1,0 +1,144 @@
+//! The routes Twilio posts to: call status, recording status, and answering-machine detection.
+//!
+//! Each request must carry a valid `X-Twilio-Signature` computed over the URL Twilio used — our
+//! configured `PUBLIC_URL` plus the path and query, not the Host header, which a proxy rewrites — and the
+//! form parameters. Anything unsigned or wrongly signed gets 403 and changes nothing.
+
+use super::signature;
+use crate::app::AppState;
+use crate::calls::{CallStatus, CallUpdate, UpdateOutcome};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc2822;
+
+/// Twilio's form posts are a few hundred bytes; anything near this is not Twilio.
+const MAX_WEBHOOK_BODY: usize = 64 * 1024;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/twilio/status", post(status))
+        .route("/twilio/recording", post(recording))
+        .route("/twilio/amd", post(amd))
+}
+
+/// A webhook's form parameters, once the signature has been checked.
+#[derive(Debug)]
+pub struct Form(Vec<(String, String)>);
+
+impl Form {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+    }
+}
+
+#[derive(Debug)]
+pub enum Rejection {
+    Signature(&'static str),
+    Malformed(&'static str),
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        match self {
+            Rejection::Signature(why) => {
+                tracing::warn!(reason = why, "webhook rejected: bad signature");
+                (StatusCode::FORBIDDEN, "invalid X-Twilio-Signature\n").into_response()
+            }
+            Rejection::Malformed(why) => {
+                tracing::warn!(reason = why, "webhook rejected: malformed");
+                (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response()
+            }
+        }
+    }
+}
+
+/// The extractor every webhook handler takes: the body parsed as a form, only if the signature holds.
+impl axum::extract::FromRequest<AppState> for Form {
+    type Rejection = Rejection;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, Rejection> {
+        let (parts, body) = req.into_parts();
+        let body = axum::body::to_bytes(body, MAX_WEBHOOK_BODY)
+            .await
+            .map_err(|_| Rejection::Malformed("body too large or unreadable"))?;
+        verify(state, &parts.headers, &parts.uri, &body)
+    }
+}
+
+fn verify(state: &AppState, headers: &HeaderMap, uri: &Uri, body: &Bytes) -> Result<Form, Rejection> {
+    let given = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .ok_or(Rejection::Signature("missing X-Twilio-Signature"))?;
+    let params: Vec<(String, String)> =
+        url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let url = state.config.public(path);
+    if !signature::validate(&state.config.twilio.auth_token, &url, &params, given) {
+        return Err(Rejection::Signature("signature does not match"));
+    }
+    Ok(Form(params))
+}
+
+fn call_sid(form: &Form) -> Result<&str, Rejection> {
+    form.get("CallSid").ok_or(Rejection::Malformed("CallSid is missing"))
+}
+
+fn timestamp(form: &Form) -> OffsetDateTime {
+    form.get("Timestamp").and_then(|t| OffsetDateTime::parse(t, &Rfc2822).ok()).unwrap_or_else(OffsetDateTime::now_utc)
+}
+
+fn applied(sid: &str, outcome: UpdateOutcome) -> Response {
+    if outcome == UpdateOutcome::Unknown {
+        // Answer 200 anyway: a call we do not know (another server on this account, or forgotten) is
+        // not something Twilio can fix by retrying.
+        tracing::warn!(call_sid = sid, "webhook for an unknown call ignored");
+    }
+    StatusCode::OK.into_response()
+}
+
+async fn status(State(state): State<AppState>, form: Form) -> Result<Response, Rejection> {
+    let sid = call_sid(&form)?;
+    let Some(status) = form.get("CallStatus").and_then(CallStatus::parse) else {
+        tracing::warn!(call_sid = sid, status = ?form.get("CallStatus"), "status callback with an unknown CallStatus ignored");
+        return Ok(StatusCode::OK.into_response());
+    };
+    let update = CallUpdate::Status {
+        status,
+        sequence: form.get("SequenceNumber").and_then(|s| s.parse().ok()),
+        duration_secs: form.get("CallDuration").and_then(|s| s.parse().ok()),
+        answered_by: form.get("AnsweredBy").map(str::to_owned),
+        at: timestamp(&form),
+    };
+    let mut outcome = state.switchboard.record(sid, update);
+    if let Some(url) = form.get("RecordingUrl") {
+        outcome = state.switchboard.record(sid, CallUpdate::Recording { url: url.to_owned() });
+    }
+    Ok(applied(sid, outcome))
+}
+
+async fn recording(State(state): State<AppState>, form: Form) -> Result<Response, Rejection> {
+    let sid = call_sid(&form)?;
+    Ok(match (form.get("RecordingStatus"), form.get("RecordingUrl")) {
+        (Some("completed"), Some(url)) => {
+            applied(sid, state.switchboard.record(sid, CallUpdate::Recording { url: url.to_owned() }))
+        }
+        (status, _) => {
+            tracing::info!(call_sid = sid, recording_status = ?status, error_code = ?form.get("ErrorCode"), "recording not available");
+            StatusCode::OK.into_response()
+        }
+    })
+}
+
+async fn amd(State(state): State<AppState>, form: Form) -> Result<Response, Rejection> {
+    let sid = call_sid(&form)?;
+    Ok(match form.get("AnsweredBy") {
+        Some(by) => applied(sid, state.switchboard.record(sid, CallUpdate::AnsweredBy(by.to_owned()))),
+        None => Rejection::Malformed("AnsweredBy is missing").into_response(),
+    })
+}

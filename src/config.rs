@@ -1,0 +1,465 @@
+//! One `Config`, from flags, environment variables and `.env`, validated once at start.
+//!
+//! Clap reads every setting as a plain string (flag or env var, same name as DESIGN.md) and this module
+//! does the checking itself, so that a wrong value produces one line naming the setting the operator
+//! actually typed (`PORT: 'http' is not a port number`) and `check` can list every problem at once.
+
+use crate::calls::{DestinationPolicy, E164};
+use clap::Args;
+use std::net::IpAddr;
+use std::time::Duration;
+use url::Url;
+
+/// Every setting as the operator typed it. Flags and env vars share a name (`--public-url` = `PUBLIC_URL`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct RawConfig {
+    /// The public https URL Twilio and MCP clients reach this server at (e.g. https://calls.example.com).
+    #[arg(long, env = "PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Port to listen on [default: 8080].
+    #[arg(long, env = "PORT")]
+    pub port: Option<String>,
+    /// Address to bind [default: 127.0.0.1; use 0.0.0.0 in a container].
+    #[arg(long, env = "BIND")]
+    pub bind: Option<String>,
+    #[arg(long, env = "TWILIO_ACCOUNT_SID")]
+    pub twilio_account_sid: Option<String>,
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub twilio_auth_token: Option<String>,
+    #[arg(long, env = "TWILIO_API_KEY_SID")]
+    pub twilio_api_key_sid: Option<String>,
+    #[arg(long, env = "TWILIO_API_KEY_SECRET", hide_env_values = true)]
+    pub twilio_api_key_secret: Option<String>,
+    /// The Twilio number calls come from (E.164).
+    #[arg(long, env = "TWILIO_NUMBER")]
+    pub twilio_number: Option<String>,
+    /// Scheme and host of Twilio's REST API [default: https://api.twilio.com].
+    #[arg(long, env = "TWILIO_API_BASE")]
+    pub twilio_api_base: Option<String>,
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+    /// Realtime endpoint without the model [default: wss://api.openai.com/v1/realtime].
+    #[arg(long, env = "OPENAI_REALTIME_URL")]
+    pub openai_realtime_url: Option<String>,
+    /// Full Realtime URL with the model, used exactly as given (the original project's setting).
+    #[arg(long, env = "OPENAI_WEBSOCKET_URL")]
+    pub openai_websocket_url: Option<String>,
+    /// [default: gpt-realtime]
+    #[arg(long, env = "OPENAI_REALTIME_MODEL")]
+    pub openai_realtime_model: Option<String>,
+    /// [default: marin]
+    #[arg(long, env = "OPENAI_VOICE")]
+    pub openai_voice: Option<String>,
+    /// `authorization` (OpenAI) or `api-key` (Azure) [default: authorization].
+    #[arg(long, env = "OPENAI_AUTH_HEADER")]
+    pub openai_auth_header: Option<String>,
+    /// Record calls by default [default: false].
+    #[arg(long, env = "RECORD_CALLS")]
+    pub record_calls: Option<String>,
+    /// Comma-separated E.164 prefixes that may be called (empty = any).
+    #[arg(long, env = "ALLOWED_DESTINATIONS")]
+    pub allowed_destinations: Option<String>,
+    /// Comma-separated E.164 prefixes that may never be called.
+    #[arg(long, env = "DENIED_DESTINATIONS")]
+    pub denied_destinations: Option<String>,
+    /// [default: 10]
+    #[arg(long, env = "MAX_CONCURRENT_CALLS")]
+    pub max_concurrent_calls: Option<String>,
+    /// [default: 600]
+    #[arg(long, env = "MAX_CALL_DURATION_SECS")]
+    pub max_call_duration_secs: Option<String>,
+    /// Seconds to let the phone ring before giving up [default: 30].
+    #[arg(long, env = "RING_TIMEOUT_SECS")]
+    pub ring_timeout_secs: Option<String>,
+    /// Seconds to let in-flight requests finish on SIGTERM [default: 10].
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<String>,
+    /// Run against built-in simulators: no accounts, no network [default: false].
+    #[arg(long, env = "SANDBOX", num_args = 0..=1, default_missing_value = "true")]
+    pub sandbox: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TwilioAuth {
+    AuthToken,
+    ApiKey { sid: String, secret: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct TwilioConfig {
+    pub account_sid: String,
+    /// Always needed: it is the key Twilio signs webhooks with, even when REST uses an API key.
+    pub auth_token: String,
+    pub auth: TwilioAuth,
+    pub number: E164,
+    pub api_base: Url,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenAiAuthHeader {
+    Authorization,
+    ApiKey,
+}
+
+#[derive(Debug, Clone)]
+pub struct VoiceConfig {
+    pub api_key: String,
+    /// The full Realtime URL, model included.
+    pub url: Url,
+    pub model: String,
+    pub voice: String,
+    pub auth_header: OpenAiAuthHeader,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub public_url: Url,
+    /// False in sandbox mode without `PUBLIC_URL`: the URL is then made from the bound port.
+    pub public_url_given: bool,
+    pub port: u16,
+    pub bind: IpAddr,
+    pub twilio: TwilioConfig,
+    pub voice: VoiceConfig,
+    pub record_calls: bool,
+    pub policy: DestinationPolicy,
+    pub max_concurrent_calls: usize,
+    pub max_call_duration: Duration,
+    pub ring_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub sandbox: bool,
+}
+
+/// One problem with one setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+pub const VOICES: &[&str] = &["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"];
+
+/// Collects every error instead of stopping at the first, so `check` can name them all.
+struct Checker(Vec<ConfigError>);
+
+impl Checker {
+    fn fail(&mut self, setting: &'static str, problem: impl Into<String>) {
+        self.0.push(ConfigError { setting, problem: problem.into() });
+    }
+
+    fn parse<T>(&mut self, setting: &'static str, raw: &Option<String>, default: T, what: &str) -> T
+    where
+        T: std::str::FromStr,
+    {
+        match raw.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            None => default,
+            Some(s) => s.parse().unwrap_or_else(|_| {
+                self.fail(setting, format!("'{s}' is not {what}"));
+                default
+            }),
+        }
+    }
+
+    fn bool(&mut self, setting: &'static str, raw: &Option<String>) -> bool {
+        match raw.as_deref().map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("") | Some("false" | "0" | "no" | "off") => false,
+            Some("true" | "1" | "yes" | "on") => true,
+            Some(other) => {
+                self.fail(setting, format!("'{other}' is not true or false"));
+                false
+            }
+        }
+    }
+
+    fn required(&mut self, setting: &'static str, raw: &Option<String>, hint: &str) -> String {
+        match raw.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(s) => s.to_owned(),
+            None => {
+                self.fail(setting, format!("is not set ({hint})"));
+                String::new()
+            }
+        }
+    }
+
+    fn url(&mut self, setting: &'static str, raw: &str, schemes: &[&str]) -> Option<Url> {
+        match Url::parse(raw) {
+            Ok(u) if schemes.contains(&u.scheme()) && u.host_str().is_some() => Some(u),
+            Ok(_) => {
+                self.fail(setting, format!("'{raw}' must be a {} URL with a host", schemes.join(" or ")));
+                None
+            }
+            Err(e) => {
+                self.fail(setting, format!("'{raw}' is not a URL ({e})"));
+                None
+            }
+        }
+    }
+}
+
+fn prefixes(raw: &Option<String>) -> Vec<String> {
+    raw.as_deref().unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+fn placeholder_url() -> Url {
+    Url::parse("http://127.0.0.1/").unwrap_or_else(|_| unreachable!("a constant URL parses"))
+}
+
+impl RawConfig {
+    /// Whether sandbox mode was asked for (decides which settings are required).
+    pub fn wants_sandbox(&self) -> bool {
+        Checker(Vec::new()).bool("SANDBOX", &self.sandbox)
+    }
+
+    /// Validates every setting. In sandbox mode the carrier and voice credentials are not needed; the
+    /// caller fills them in with the simulators' via [`Config::sandboxed`].
+    pub fn validate(&self) -> Result<Config, Vec<ConfigError>> {
+        let mut c = Checker(Vec::new());
+        let sandbox = c.bool("SANDBOX", &self.sandbox);
+        let port: u16 = c.parse("PORT", &self.port, 8080, "a port number (1-65535)");
+        if self.port.is_some() && port == 0 && !sandbox {
+            c.fail("PORT", "must not be 0 (only sandbox mode may pick a free port)");
+        }
+        let bind: IpAddr = c.parse("BIND", &self.bind, IpAddr::from([127, 0, 0, 1]), "an IP address");
+
+        let public_url = match self.public_url.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(raw) => c.url("PUBLIC_URL", raw, &["https", "http"]).map(|mut u| {
+                if u.path() != "/" || u.query().is_some() {
+                    c.fail("PUBLIC_URL", format!("'{raw}' must be just scheme and host (and port), no path"));
+                }
+                u.set_path("/");
+                u
+            }),
+            None if sandbox => None, // filled in once the port is known
+            None => {
+                c.fail("PUBLIC_URL", "is not set (the https URL Twilio reaches this server at)");
+                None
+            }
+        };
+
+        let live = !sandbox;
+        let (account_sid, auth_token, number) = if live {
+            let sid = c.required("TWILIO_ACCOUNT_SID", &self.twilio_account_sid, "from the Twilio console");
+            if !sid.is_empty() && !is_sid(&sid, "AC") {
+                c.fail("TWILIO_ACCOUNT_SID", "must be 'AC' followed by 32 hex digits");
+            }
+            let token = c.required("TWILIO_AUTH_TOKEN", &self.twilio_auth_token, "from the Twilio console");
+            let number = c.required("TWILIO_NUMBER", &self.twilio_number, "the Twilio number to call from");
+            (sid, token, number)
+        } else {
+            (String::new(), String::new(), String::new())
+        };
+        let number = if number.is_empty() {
+            None
+        } else {
+            E164::parse(&number).map_err(|e| c.fail("TWILIO_NUMBER", e.to_string())).ok()
+        };
+        let auth = match (&self.twilio_api_key_sid, &self.twilio_api_key_secret) {
+            (Some(sid), Some(secret)) if live => {
+                if !is_sid(sid.trim(), "SK") {
+                    c.fail("TWILIO_API_KEY_SID", "must be 'SK' followed by 32 hex digits");
+                }
+                TwilioAuth::ApiKey { sid: sid.trim().to_owned(), secret: secret.trim().to_owned() }
+            }
+            (Some(_), None) if live => {
+                c.fail("TWILIO_API_KEY_SECRET", "is not set but TWILIO_API_KEY_SID is");
+                TwilioAuth::AuthToken
+            }
+            (None, Some(_)) if live => {
+                c.fail("TWILIO_API_KEY_SID", "is not set but TWILIO_API_KEY_SECRET is");
+                TwilioAuth::AuthToken
+            }
+            _ => TwilioAuth::AuthToken,
+        };
+        let api_base_raw = self.twilio_api_base.clone().unwrap_or_else(|| "https://api.twilio.com".into());
+        let api_base = c.url("TWILIO_API_BASE", api_base_raw.trim(), &["https", "http"]);
+
+        let api_key = if live {
+            c.required("OPENAI_API_KEY", &self.openai_api_key, "an OpenAI or Azure OpenAI key")
+        } else {
+            String::new()
+        };
+        let model = self.openai_realtime_model.clone().unwrap_or_else(|| "gpt-realtime".into());
+        let voice_url = match self.openai_websocket_url.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(full) => c.url("OPENAI_WEBSOCKET_URL", full, &["wss", "ws"]),
+            None => {
+                let base = self.openai_realtime_url.as_deref().unwrap_or("wss://api.openai.com/v1/realtime");
+                c.url("OPENAI_REALTIME_URL", base.trim(), &["wss", "ws"]).map(|mut u| {
+                    u.query_pairs_mut().append_pair("model", &model);
+                    u
+                })
+            }
+        };
+        let voice = self.openai_voice.clone().unwrap_or_else(|| "marin".into());
+        if !VOICES.contains(&voice.as_str()) {
+            c.fail("OPENAI_VOICE", format!("'{voice}' is not one of {}", VOICES.join(", ")));
+        }
+        let auth_header = match self.openai_auth_header.as_deref().map(str::trim) {
+            None | Some("") | Some("authorization") => OpenAiAuthHeader::Authorization,
+            Some("api-key") => OpenAiAuthHeader::ApiKey,
+            Some(other) => {
+                c.fail("OPENAI_AUTH_HEADER", format!("'{other}' is not 'authorization' or 'api-key'"));
+                OpenAiAuthHeader::Authorization
+            }
+        };
+
+        let record_calls = c.bool("RECORD_CALLS", &self.record_calls);
+        let policy = DestinationPolicy::new(prefixes(&self.allowed_destinations), prefixes(&self.denied_destinations))
+            .unwrap_or_else(|e| {
+                let setting = if prefixes(&self.allowed_destinations).contains(&e.0) {
+                    "ALLOWED_DESTINATIONS"
+                } else {
+                    "DENIED_DESTINATIONS"
+                };
+                c.fail(setting, e.to_string());
+                DestinationPolicy::default()
+            });
+        let max_concurrent_calls: usize =
+            c.parse("MAX_CONCURRENT_CALLS", &self.max_concurrent_calls, 10, "a whole number");
+        if max_concurrent_calls == 0 {
+            c.fail("MAX_CONCURRENT_CALLS", "must be at least 1");
+        }
+        let max_secs: u64 = c.parse("MAX_CALL_DURATION_SECS", &self.max_call_duration_secs, 600, "a number of seconds");
+        if !(10..=14_400).contains(&max_secs) {
+            c.fail("MAX_CALL_DURATION_SECS", "must be between 10 and 14400 (Twilio's 4-hour limit)");
+        }
+        let ring_secs: u64 = c.parse("RING_TIMEOUT_SECS", &self.ring_timeout_secs, 30, "a number of seconds");
+        if !(5..=600).contains(&ring_secs) {
+            c.fail("RING_TIMEOUT_SECS", "must be between 5 and 600");
+        }
+        let grace_secs: u64 = c.parse("SHUTDOWN_GRACE_SECS", &self.shutdown_grace_secs, 10, "a number of seconds");
+
+        if !c.0.is_empty() {
+            return Err(c.0);
+        }
+        Ok(Config {
+            public_url_given: public_url.is_some(),
+            public_url: public_url.unwrap_or_else(placeholder_url),
+            port,
+            bind,
+            twilio: TwilioConfig {
+                account_sid,
+                auth_token,
+                auth,
+                number: number.unwrap_or_else(sandbox_number),
+                api_base: api_base.unwrap_or_else(placeholder_url),
+            },
+            voice: VoiceConfig { api_key, url: voice_url.unwrap_or_else(placeholder_url), model, voice, auth_header },
+            record_calls,
+            policy,
+            max_concurrent_calls,
+            max_call_duration: Duration::from_secs(max_secs),
+            ring_timeout: Duration::from_secs(ring_secs),
+            shutdown_grace: Duration::from_secs(grace_secs),
+            sandbox,
+        })
+    }
+}
+
+fn sandbox_number() -> E164 {
+    E164::parse("+15005550006").unwrap_or_else(|_| unreachable!("a constant E.164 number parses"))
+}
+
+fn is_sid(s: &str, prefix: &str) -> bool {
+    s.len() == 34 && s.starts_with(prefix) && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Config {
+    /// The base URL with `path` appended, e.g. `status_url("/twilio/status")`.
+    pub fn public(&self, path: &str) -> String {
+        format!("{}{}", self.public_url.as_str().trim_end_matches('/'), path)
+    }
+
+    /// `wss://HOST/twilio/media` (or `ws://` for a plain-http public URL, as in local tests).
+    pub fn media_stream_url(&self) -> String {
+        let scheme = if self.public_url.scheme() == "https" { "wss" } else { "ws" };
+        let host = self.public_url.host_str().unwrap_or("localhost");
+        match self.public_url.port() {
+            Some(p) => format!("{scheme}://{host}:{p}/twilio/media"),
+            None => format!("{scheme}://{host}/twilio/media"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn live() -> RawConfig {
+        RawConfig {
+            public_url: Some("https://calls.example.com".into()),
+            twilio_account_sid: Some(format!("AC{}", "a".repeat(32))),
+            twilio_auth_token: Some("secret".into()),
+            twilio_number: Some("+14155550199".into()),
+            openai_api_key: Some("sk-test".into()),
+            ..RawConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_complete_live_config_validates_with_defaults() {
+        let c = live().validate().unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.bind.to_string(), "127.0.0.1");
+        assert_eq!(c.voice.url.as_str(), "wss://api.openai.com/v1/realtime?model=gpt-realtime");
+        assert_eq!(c.media_stream_url(), "wss://calls.example.com/twilio/media");
+        assert_eq!(c.public("/twilio/status"), "https://calls.example.com/twilio/status");
+        assert_eq!(c.max_concurrent_calls, 10);
+    }
+
+    #[test]
+    fn every_bad_setting_is_named() {
+        let raw = RawConfig {
+            port: Some("http".into()),
+            twilio_number: Some("555-0100".into()),
+            openai_voice: Some("robot".into()),
+            max_concurrent_calls: Some("0".into()),
+            denied_destinations: Some("+1,1900".into()),
+            twilio_api_key_sid: Some("SKnope".into()),
+            ..live()
+        };
+        let errors = raw.validate().unwrap_err();
+        let named: Vec<_> = errors.iter().map(|e| e.setting).collect();
+        for s in [
+            "PORT",
+            "TWILIO_NUMBER",
+            "OPENAI_VOICE",
+            "MAX_CONCURRENT_CALLS",
+            "DENIED_DESTINATIONS",
+            "TWILIO_API_KEY_SECRET",
+        ] {
+            assert!(named.contains(&s), "{s} not named in {errors:?}");
+        }
+        assert!(errors.iter().any(|e| e.to_string() == "PORT: 'http' is not a port number (1-65535)"));
+    }
+
+    #[test]
+    fn missing_credentials_are_each_reported_unless_sandboxed() {
+        let errors = RawConfig::default().validate().unwrap_err();
+        let named: Vec<_> = errors.iter().map(|e| e.setting).collect();
+        for s in ["PUBLIC_URL", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_NUMBER", "OPENAI_API_KEY"] {
+            assert!(named.contains(&s), "{s} not named");
+        }
+        let sandbox = RawConfig { sandbox: Some("true".into()), ..RawConfig::default() };
+        assert!(sandbox.validate().unwrap().sandbox);
+    }
+
+    #[test]
+    fn the_seed_websocket_url_is_used_exactly() {
+        let raw = RawConfig {
+            openai_websocket_url: Some("wss://x.openai.azure.com/openai/v1/realtime?model=my-dep".into()),
+            openai_auth_header: Some("api-key".into()),
+            ..live()
+        };
+        let c = raw.validate().unwrap();
+        assert_eq!(c.voice.url.as_str(), "wss://x.openai.azure.com/openai/v1/realtime?model=my-dep");
+        assert_eq!(c.voice.auth_header, OpenAiAuthHeader::ApiKey);
+    }
+
+    #[test]
+    fn public_url_must_be_bare() {
+        let raw = RawConfig { public_url: Some("https://x.example.com/mcp".into()), ..live() };
+        assert!(raw.validate().unwrap_err().iter().any(|e| e.setting == "PUBLIC_URL"));
+    }
+}

@@ -1,0 +1,33 @@
+//! # voice-call-mcp
+//!
+//! A remote MCP server that lets an AI assistant place and run phone calls: the assistant connects to
+//! `/mcp`, the server dials through Twilio, and Twilio reports the call's progress back to us.
+//!
+//! # Layout
+//! - [`config`]: every setting, from flags, environment and `.env`, validated with clear errors.
+//! - [`calls`]: the domain — `Call`, the `CallStatus` state machine, the registry, destination policy.
+//!   Knows nothing of HTTP or vendors.
+//! - [`switchboard`]: places and ends calls; the one path from a request to a dial, and the one place
+//!   status observations are applied.
+//! - [`carrier`]: Twilio — REST client, TwiML, webhook signature, webhook routes.
+//! - [`mcp`]: the MCP face — tools, resources, prompts over Streamable HTTP (rmcp).
+//! - [`app`]: `AppState`, the router, serving and graceful shutdown.
+//! - [`sandbox`]: simulators that speak Twilio's wire protocol, for sandbox mode and tests.
+//!
+//! # How a call flows
+//! `tools/call trigger-call` → [`switchboard::Switchboard::place`]: E.164 parse → policy → a concurrency
+//! slot from the registry → Twilio `Calls.json` with inline TwiML (`<Connect><Stream>` carrying a per-call
+//! token) and status callbacks to `PUBLIC_URL/twilio/status` → the call is registered `queued` and the
+//! tool returns. Twilio then posts signed callbacks; [`carrier::webhooks`] checks each signature and the
+//! switchboard applies it, in `SequenceNumber` order, never backwards, until the call ends.
+
+pub mod app;
+pub mod calls;
+pub mod carrier;
+pub mod config;
+pub mod mcp;
+pub mod sandbox;
+pub mod switchboard;
+
+pub use app::{AppState, serve};
+pub use config::{Config, RawConfig};

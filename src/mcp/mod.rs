@@ -1,0 +1,173 @@
+//! The MCP face of the server: tools, resources and prompts over Streamable HTTP (rmcp).
+//!
+//! One [`McpServer`] is made per MCP session (2025-06-18 / 2025-11-25 clients) or per request
+//! (stateless 2026-07-28 clients). It is a thin handle: the routers are built once and shared, and
+//! everything it acts on lives in [`AppState`].
+
+// Logging is deprecated by SEP-2577 (2026-07-28) but is part of the 2025 revisions we also serve, and the
+// conformance suite checks `logging/setLevel`.
+#![allow(deprecated)]
+
+mod prompts;
+mod tools;
+
+use crate::app::AppState;
+use crate::calls::Call;
+use rmcp::handler::server::router::prompt::PromptRouter;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::model::{
+    Implementation, ListResourceTemplatesResult, ListResourcesResult, LoggingLevel, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate,
+    ServerCapabilities, ServerConfig, SetLevelRequestParams,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, SessionConfig};
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler, prompt_handler, tool_handler};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const INSTRUCTIONS: &str = "This server places real phone calls. trigger-call dials a number (E.164, e.g. \
++14155550123) and an AI voice agent holds the conversation described by callContext; it returns a callSid \
+at once. Follow the call with wait-for-call (blocks until it ends and returns the transcript), get-call, or \
+the call://{callSid} resource. end-call hangs up. Calls cost money and ring real people: only call numbers \
+the user asked you to call.";
+
+/// The routers, built once: generating tool schemas is work not worth redoing per session.
+#[derive(Debug)]
+pub(crate) struct Routes {
+    tools: ToolRouter<McpServer>,
+    prompts: PromptRouter<McpServer>,
+}
+
+#[derive(Debug, Clone)]
+pub struct McpServer {
+    state: AppState,
+    routes: Arc<Routes>,
+    /// The level a legacy session asked for with `logging/setLevel`.
+    log_level: Arc<Mutex<LoggingLevel>>,
+}
+
+impl McpServer {
+    fn new(state: AppState, routes: Arc<Routes>) -> Self {
+        Self { state, routes, log_level: Arc::new(Mutex::new(LoggingLevel::Info)) }
+    }
+}
+
+/// The `/mcp` service: rmcp's Streamable HTTP transport, configured for a public host.
+pub fn service(state: AppState) -> StreamableHttpService<McpServer, LocalSessionManager> {
+    let routes = Arc::new(Routes { tools: McpServer::tool_router(), prompts: McpServer::prompt_router() });
+    let config = &state.config;
+    // The session must outlive the longest call: its idle timer is not reset by SSE traffic.
+    let idle = config.max_call_duration + config.ring_timeout + Duration::from_secs(15 * 60);
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config = {
+        let mut s = SessionConfig::default();
+        s.keep_alive = Some(idle);
+        s
+    };
+    let public = &config.public_url;
+    let host = public.host_str().unwrap_or("localhost").to_owned();
+    let mut hosts = vec![host.clone(), "localhost".into(), "127.0.0.1".into(), "::1".into(), "[::1]".into()];
+    if let Some(port) = public.port() {
+        hosts.push(format!("{host}:{port}"));
+    }
+    let origin = public.origin().ascii_serialization();
+    let http = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(hosts)
+        .with_allowed_origins([origin])
+        .enforce_origin_validation()
+        .with_cancellation_token(state.shutdown.child_token())
+        .with_sse_keep_alive(Some(Duration::from_secs(15)));
+    StreamableHttpService::new(move || Ok(McpServer::new(state.clone(), routes.clone())), Arc::new(sessions), http)
+}
+
+fn call_resource(call: &Call) -> Resource {
+    Resource::new(format!("call://{}", call.call_sid), format!("call {}", call.call_sid))
+        .with_title(format!("Call to {} ({})", call.request.to, call.status))
+        .with_description("The call's record and transcript")
+        .with_mime_type("application/json")
+}
+
+#[tool_handler(router = self.routes.tools)]
+#[prompt_handler(router = self.routes.prompts)]
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        let capabilities =
+            ServerCapabilities::builder().enable_logging().enable_prompts().enable_resources().enable_tools().build();
+        ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new("voice-call-mcp", env!("CARGO_PKG_VERSION")))
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        *self.log_level.lock().unwrap_or_else(|p| p.into_inner()) = request.level;
+        Ok(())
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let mut resources: Vec<Resource> = self.state.calls.list(None, 50).iter().map(call_resource).collect();
+        resources.push(
+            Resource::new("call://transcriptions/latest", "latest transcription")
+                .with_title("Transcript of the latest call")
+                .with_mime_type("application/json"),
+        );
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(vec![
+            ResourceTemplate::new("call://{callSid}", "call")
+                .with_title("A call's record and transcript")
+                .with_mime_type("application/json"),
+        ]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let uri = request.uri.as_str();
+        let not_found = || {
+            ErrorData::resource_not_found(
+                format!(
+                    "no resource {uri}: expected call://{{callSid}} for a known call, or call://transcriptions/latest"
+                ),
+                Some(serde_json::json!({ "uri": uri })),
+            )
+        };
+        let body = match uri.strip_prefix("call://") {
+            Some("transcriptions/latest") => {
+                let latest = self.state.calls.latest();
+                serde_json::json!({
+                    "callSid": latest.as_ref().map(|c| c.call_sid.clone()),
+                    "status": latest.as_ref().map(|c| c.status),
+                    "transcript": latest.map(|c| c.transcript).unwrap_or_default(),
+                })
+            }
+            Some(sid) => serde_json::to_value(self.state.calls.get(sid).ok_or_else(not_found)?)
+                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?,
+            None => return Err(not_found()),
+        };
+        let contents = ResourceContents::TextResourceContents {
+            uri: uri.to_owned(),
+            mime_type: Some("application/json".into()),
+            text: body.to_string(),
+            meta: None,
+        };
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+}

@@ -1,0 +1,204 @@
+//! Places and ends calls: the one path from "the assistant asked for a call" to "Twilio is dialing".
+//!
+//! It joins the domain (number, policy, registry) to the carrier, in the order that keeps money safe:
+//! parse the number, check the policy, take a concurrency slot, and only then ask Twilio to dial.
+//! Every status observation, whatever edge it came from, is applied through [`Switchboard::record`], so
+//! the rules (and, later, event publishing) live in one place.
+
+use crate::calls::{
+    Call, CallEntry, CallRegistry, CallRequest, CallStatus, CallUpdate, E164, NumberError, PolicyError, RegistryError,
+    UpdateOutcome,
+};
+use crate::carrier::{rest, twiml};
+use crate::config::{Config, VOICES};
+use rand::Rng;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// What the assistant asked for, as it arrived (strings unchecked).
+#[derive(Debug, Clone, Default)]
+pub struct PlaceCall {
+    pub to: String,
+    pub context: String,
+    pub first_message: Option<String>,
+    pub voice: Option<String>,
+    pub language: Option<String>,
+    pub record: Option<bool>,
+    pub machine_detection: bool,
+    pub max_duration_secs: Option<u32>,
+}
+
+/// Why a call was not placed. Each message tells the model what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error(transparent)]
+    Number(#[from] NumberError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Capacity(#[from] RegistryError),
+    #[error("the call could not be placed: {0}")]
+    Carrier(#[from] rest::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndError {
+    #[error("no call {0} is known to this server; use list-calls to see the calls it has")]
+    Unknown(String),
+    #[error("the call could not be hung up: {0}")]
+    Carrier(#[from] rest::Error),
+}
+
+#[derive(Debug)]
+pub struct Switchboard {
+    config: Arc<Config>,
+    calls: Arc<CallRegistry>,
+    twilio: rest::TwilioClient,
+}
+
+const MAX_CONTEXT_CHARS: usize = 8_000;
+
+impl Switchboard {
+    pub fn new(config: Arc<Config>, calls: Arc<CallRegistry>) -> Result<Self, rest::Error> {
+        let twilio = rest::TwilioClient::new(&config.twilio)?;
+        Ok(Self { config, calls, twilio })
+    }
+
+    pub fn calls(&self) -> &Arc<CallRegistry> {
+        &self.calls
+    }
+
+    /// Checks the request, then dials. Nothing reaches Twilio unless every check passed.
+    pub async fn place(&self, ask: PlaceCall) -> Result<Arc<CallEntry>, PlaceError> {
+        let to = E164::parse(ask.to.trim())?;
+        self.config.policy.check(&to)?;
+        let request = self.request(to, ask)?;
+        let ticket = self.calls.reserve()?;
+
+        let stream_token = random_token();
+        let stream = twiml::connect_stream(&self.config.media_stream_url(), &[("callToken", &stream_token)]);
+        let dial = rest::Dial {
+            to: request.to.to_string(),
+            from: request.from.to_string(),
+            twiml: stream,
+            status_callback: self.config.public("/twilio/status"),
+            ring_timeout: self.config.ring_timeout,
+            // A little beyond our own limit: we end calls politely ourselves; Twilio's cut is the backstop.
+            time_limit: Duration::from_secs(u64::from(request.max_duration_secs) + 30),
+            recording_callback: request.record.then(|| self.config.public("/twilio/recording")),
+            amd_callback: request.machine_detection.then(|| self.config.public("/twilio/amd")),
+        };
+        let created = self.twilio.create_call(&dial).await?;
+        let status = CallStatus::parse(&created.status).unwrap_or(CallStatus::Queued);
+        let call = Call::new(created.sid, request, CallStatus::Queued, self.config.sandbox);
+        let entry = self.calls.insert(ticket, call, stream_token);
+        if status != CallStatus::Queued {
+            entry.apply(rest_status(status, None));
+        }
+        tracing::info!(call_sid = %entry.snapshot().call_sid, "call placed");
+        Ok(entry)
+    }
+
+    fn request(&self, to: E164, ask: PlaceCall) -> Result<CallRequest, PlaceError> {
+        let context = ask.context.trim().to_owned();
+        if context.is_empty() {
+            return Err(PlaceError::Invalid(
+                "callContext is empty: say who is being called and what the call should achieve".into(),
+            ));
+        }
+        if context.chars().count() > MAX_CONTEXT_CHARS {
+            return Err(PlaceError::Invalid(format!(
+                "callContext is longer than {MAX_CONTEXT_CHARS} characters; shorten it"
+            )));
+        }
+        if let Some(v) = &ask.voice
+            && !VOICES.contains(&v.as_str())
+        {
+            return Err(PlaceError::Invalid(format!("voice '{v}' is not one of {}", VOICES.join(", "))));
+        }
+        let limit = u32::try_from(self.config.max_call_duration.as_secs()).unwrap_or(u32::MAX);
+        let max_duration_secs = match ask.max_duration_secs {
+            None => limit,
+            Some(s) if (10..=limit).contains(&s) => s,
+            Some(s) => {
+                return Err(PlaceError::Invalid(format!(
+                    "maxDurationSecs {s} is outside what this server allows (10 to {limit})"
+                )));
+            }
+        };
+        Ok(CallRequest {
+            to,
+            from: self.config.twilio.number.clone(),
+            context,
+            first_message: ask.first_message.filter(|s| !s.trim().is_empty()),
+            voice: ask.voice,
+            language: ask.language.filter(|s| !s.trim().is_empty()),
+            record: ask.record.unwrap_or(self.config.record_calls),
+            machine_detection: ask.machine_detection,
+            max_duration_secs,
+        })
+    }
+
+    /// Hangs a call up. Already-ended calls are not an error: the outcome is what was asked for.
+    pub async fn end(&self, call_sid: &str) -> Result<Call, EndError> {
+        let entry = self.calls.entry(call_sid).ok_or_else(|| EndError::Unknown(call_sid.to_owned()))?;
+        let current = entry.snapshot().status;
+        if current.is_terminal() {
+            return Ok(entry.snapshot());
+        }
+        // Twilio only accepts `canceled` before the call is answered, and `completed` after.
+        let how = if matches!(current, CallStatus::Queued | CallStatus::Initiated | CallStatus::Ringing) {
+            "canceled"
+        } else {
+            "completed"
+        };
+        match self.twilio.hang_up(call_sid, how).await {
+            // A ringing call may have been answered meanwhile: Twilio then wants `completed`.
+            Err(rest::Error::Api { code: 21220, .. }) if how == "canceled" => {
+                self.apply_hangup(&entry, self.twilio.hang_up(call_sid, "completed").await?);
+            }
+            result => self.apply_hangup(&entry, result?),
+        }
+        Ok(entry.snapshot())
+    }
+
+    fn apply_hangup(&self, entry: &CallEntry, outcome: rest::Hangup) {
+        match outcome {
+            rest::Hangup::Ended(resource) => {
+                if let Some(status) = CallStatus::parse(&resource.status) {
+                    let duration = resource.duration.as_deref().and_then(|d| d.parse().ok());
+                    entry.apply(rest_status(status, duration));
+                }
+            }
+            // Twilio has no live call by that id: the status callback saying how it ended is on its way.
+            rest::Hangup::AlreadyGone => {}
+        }
+    }
+
+    /// Applies an observation from any edge.
+    pub fn record(&self, call_sid: &str, update: CallUpdate) -> UpdateOutcome {
+        let outcome = self.calls.update(call_sid, update);
+        if let UpdateOutcome::Applied(applied, call) = &outcome
+            && let Some(status) = applied.status
+        {
+            tracing::info!(call_sid, status = %status, "call status");
+            if status.is_terminal() {
+                tracing::info!(call_sid, duration_secs = ?call.duration_secs, "call ended");
+            }
+        }
+        outcome
+    }
+}
+
+fn rest_status(status: CallStatus, duration_secs: Option<u32>) -> CallUpdate {
+    CallUpdate::Status { status, sequence: None, duration_secs, answered_by: None, at: OffsetDateTime::now_utc() }
+}
+
+/// 256 random bits, hex: the per-call secret the media stream must present.
+fn random_token() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

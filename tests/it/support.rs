@@ -1,0 +1,164 @@
+//! Starting a server against the simulator, and talking to it as an MCP client would.
+
+use rmcp::RoleClient;
+use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig, ProtocolVersion};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use serde_json::Value;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use voice_call_mcp::calls::CallStatus;
+use voice_call_mcp::sandbox::twilio::{SimRequest, SimulatorConfig, TwilioSimulator};
+use voice_call_mcp::{AppState, RawConfig};
+
+/// Generous bound for anything a test awaits: loopback work takes milliseconds.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
+pub const AUTH_TOKEN: &str = "simulated-auth-token";
+
+pub type Client = RunningService<RoleClient, ClientConfig>;
+
+/// Which MCP protocol era the client speaks.
+#[derive(Debug, Clone, Copy)]
+pub enum Era {
+    /// 2025-11-25: `initialize`, a session, a GET stream.
+    Session,
+    /// 2026-07-28: no initialize, no session; every request stands alone.
+    Stateless,
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub state: AppState,
+    pub sim: TwilioSimulator,
+    stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// How the simulated callee behaves and how the server is configured.
+pub struct Setup {
+    /// How long answered calls last; `None` = until hung up.
+    pub talk_time: Option<Duration>,
+    pub raw: RawConfig,
+    /// The token the *server* believes Twilio signs with (to test a mismatch).
+    pub server_auth_token: &'static str,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self { talk_time: Some(Duration::from_millis(200)), raw: RawConfig::default(), server_auth_token: AUTH_TOKEN }
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(Setup::default()).await
+    }
+
+    pub async fn with(setup: Setup) -> Self {
+        let sim = TwilioSimulator::start(SimulatorConfig {
+            account_sid: ACCOUNT_SID.into(),
+            auth_token: AUTH_TOKEN.into(),
+            api_key: None,
+            step_delay: Duration::from_millis(15),
+            talk_time: setup.talk_time,
+        })
+        .await
+        .expect("simulator starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let raw = RawConfig {
+            public_url: Some(base.clone()),
+            twilio_account_sid: Some(ACCOUNT_SID.into()),
+            twilio_auth_token: Some(setup.server_auth_token.into()),
+            twilio_number: Some("+15005550006".into()),
+            twilio_api_base: Some(sim.base_url()),
+            openai_api_key: Some("sk-test".into()),
+            shutdown_grace_secs: Some("2".into()),
+            ..setup.raw
+        };
+        let config = raw.validate().expect("test configuration is valid");
+        let state = AppState::new(config).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(voice_call_mcp::serve(listener, state.clone(), async {
+            let _ = stopped.await;
+        }));
+        Self { base, state, sim, stop: Some(stop), served: Some(served) }
+    }
+
+    pub async fn client(&self, era: Era) -> Client {
+        let transport = StreamableHttpClientTransport::from_uri(format!("{}/mcp", self.base));
+        let lifecycle = match era {
+            Era::Session => ClientLifecycleMode::Initialize,
+            Era::Stateless => ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] },
+        };
+        ClientConfig::default().serve_with_lifecycle(transport, lifecycle).await.expect("MCP client connects")
+    }
+
+    /// The next thing the simulator saw, skipping nothing.
+    pub async fn next_sim(&self) -> SimRequest {
+        tokio::time::timeout(WAIT, self.sim.next_request()).await.expect("simulator saw something in time").unwrap()
+    }
+
+    /// Waits until the simulator sees a request matching `pick`, returning it; others are dropped.
+    pub async fn sim_until<T>(&self, mut pick: impl FnMut(SimRequest) -> Option<T>) -> T {
+        loop {
+            if let Some(found) = pick(self.next_sim().await) {
+                return found;
+            }
+        }
+    }
+
+    /// Everything the simulator has seen so far, without waiting.
+    pub fn sim_drain(&self) -> Vec<SimRequest> {
+        std::iter::from_fn(|| self.sim.try_next_request()).collect()
+    }
+
+    /// Waits (on the call's own change signal) until `sid` reaches `status` or beyond.
+    pub async fn until_status(&self, sid: &str, want: impl Fn(CallStatus) -> bool) {
+        let entry = self.state.calls.entry(sid).expect("call is registered");
+        let mut changes = entry.subscribe();
+        tokio::time::timeout(WAIT, async {
+            while !want(entry.snapshot().status) {
+                changes.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("call {sid} never reached the wanted status; it is {}", entry.snapshot().status));
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            tokio::time::timeout(WAIT, served).await.expect("server drains in time").unwrap().unwrap();
+        }
+        self.sim.shutdown().await;
+    }
+}
+
+pub async fn call_tool(client: &Client, name: &'static str, args: Value) -> CallToolResult {
+    let args = match args {
+        Value::Object(map) => map,
+        other => panic!("tool arguments must be an object, got {other}"),
+    };
+    client.call_tool(CallToolRequestParams::new(name).with_arguments(args)).await.expect("tools/call answered")
+}
+
+/// The structured content of a successful tool result.
+pub fn ok(result: &CallToolResult) -> &Value {
+    assert_eq!(result.is_error, Some(false), "tool failed: {result:?}");
+    result.structured_content.as_ref().expect("structured content")
+}
+
+/// The text of a failed tool result.
+pub fn error_text(result: &CallToolResult) -> String {
+    assert_eq!(result.is_error, Some(true), "tool unexpectedly succeeded: {result:?}");
+    result.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect::<Vec<_>>().join(" ")
+}
+
+pub fn form_values<'a>(form: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    form.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+}
