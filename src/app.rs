@@ -5,10 +5,11 @@
 //! awaited while draining instead of being cut off mid-write.
 
 use crate::calls::CallRegistry;
-use crate::carrier::{rest, webhooks};
+use crate::carrier::{media, rest, webhooks};
 use crate::config::Config;
 use crate::mcp;
 use crate::switchboard::Switchboard;
+use crate::voice::Voices;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -27,6 +28,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub calls: Arc<CallRegistry>,
     pub switchboard: Arc<Switchboard>,
+    pub voices: Arc<Voices>,
     /// Cancelled once, when the server starts draining.
     pub shutdown: CancellationToken,
     /// Every background task; awaited (bounded) before the process exits.
@@ -35,10 +37,18 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config) -> Result<Self, rest::Error> {
+        Self::with_timing(config, crate::voice::bridge::Timing::default())
+    }
+
+    /// As [`AppState::new`], with the voice bridge's grace periods set (tests shorten them).
+    pub fn with_timing(config: Config, timing: crate::voice::bridge::Timing) -> Result<Self, rest::Error> {
         let config = Arc::new(config);
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
         let calls = Arc::new(CallRegistry::new(config.max_concurrent_calls));
-        let switchboard = Arc::new(Switchboard::new(config.clone(), calls.clone())?);
-        Ok(Self { config, calls, switchboard, shutdown: CancellationToken::new(), tasks: TaskTracker::new() })
+        let voices = Arc::new(Voices::new(config.voice.clone(), timing, tasks.clone(), shutdown.clone()));
+        let switchboard = Arc::new(Switchboard::new(config.clone(), calls.clone(), voices.clone())?);
+        Ok(Self { config, calls, switchboard, voices, shutdown, tasks })
     }
 }
 
@@ -47,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(webhooks::router())
+        .merge(media::router())
         .nest_service("/mcp", mcp::service(state.clone()))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

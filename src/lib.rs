@@ -1,7 +1,8 @@
 //! # voice-call-mcp
 //!
 //! A remote MCP server that lets an AI assistant place and run phone calls: the assistant connects to
-//! `/mcp`, the server dials through Twilio, and Twilio reports the call's progress back to us.
+//! `/mcp`, the server dials through Twilio, bridges the call's audio to OpenAI Realtime, and keeps the
+//! call's status and both sides' words.
 //!
 //! # Layout
 //! - [`config`]: every setting, from flags, environment and `.env`, validated with clear errors.
@@ -9,17 +10,23 @@
 //!   Knows nothing of HTTP or vendors.
 //! - [`switchboard`]: places and ends calls; the one path from a request to a dial, and the one place
 //!   status observations are applied.
-//! - [`carrier`]: Twilio — REST client, TwiML, webhook signature, webhook routes.
+//! - [`carrier`]: Twilio — REST client, TwiML, webhook signature, webhook routes, the Media Streams
+//!   protocol and its WebSocket route.
+//! - [`voice`]: OpenAI Realtime — GA event types, session configuration, the client, and the bridge that
+//!   joins a call's two WebSockets (audio pump, barge-in, transcripts, model hang-up).
 //! - [`mcp`]: the MCP face — tools, resources, prompts over Streamable HTTP (rmcp).
 //! - [`app`]: `AppState`, the router, serving and graceful shutdown.
-//! - [`sandbox`]: simulators that speak Twilio's wire protocol, for sandbox mode and tests.
+//! - [`sandbox`]: simulators that speak Twilio's and OpenAI's wire protocols, for sandbox mode and tests.
 //!
 //! # How a call flows
 //! `tools/call trigger-call` → [`switchboard::Switchboard::place`]: E.164 parse → policy → a concurrency
 //! slot from the registry → Twilio `Calls.json` with inline TwiML (`<Connect><Stream>` carrying a per-call
 //! token) and status callbacks to `PUBLIC_URL/twilio/status` → the call is registered `queued` and the
-//! tool returns. Twilio then posts signed callbacks; [`carrier::webhooks`] checks each signature and the
-//! switchboard applies it, in `SequenceNumber` order, never backwards, until the call ends.
+//! tool returns, while the call's voice task opens the Realtime session as the phone rings. Twilio posts
+//! signed callbacks; [`carrier::webhooks`] checks each signature and the switchboard applies it, in
+//! `SequenceNumber` order, never backwards. When the callee answers, Twilio opens `/twilio/media`
+//! ([`carrier::media`] checks the handshake and the call's token) and the stream is handed to the call's
+//! [`voice::bridge`], which relays audio both ways untouched until the call ends.
 
 pub mod app;
 pub mod calls;
@@ -28,6 +35,7 @@ pub mod config;
 pub mod mcp;
 pub mod sandbox;
 pub mod switchboard;
+pub mod voice;
 
 pub use app::{AppState, serve};
 pub use config::{Config, RawConfig};

@@ -92,6 +92,14 @@ fn serve(raw: RawConfig) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Listen for signals before anything says "listening": a SIGTERM sent right after must drain, not kill.
+        let shutdown = match shutdown_signal() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: could not listen for shutdown signals: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let addr = std::net::SocketAddr::new(config.bind, config.port);
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
@@ -129,7 +137,7 @@ fn serve(raw: RawConfig) -> ExitCode {
                  Claude Code:  claude mcp add --transport http voice-call {mcp_url}\n"
             );
         }
-        let result = voice_call_mcp::serve(listener, state, shutdown_signal()).await;
+        let result = voice_call_mcp::serve(listener, state, shutdown).await;
         if let Some(sim) = simulator {
             sim.shutdown().await;
         }
@@ -143,26 +151,25 @@ fn serve(raw: RawConfig) -> ExitCode {
     })
 }
 
-/// SIGINT (Ctrl-C) or SIGTERM (container stop, systemd).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// SIGINT (Ctrl-C) or SIGTERM (container stop, systemd). The handlers are installed now; the returned
+/// future resolves on the first signal.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

@@ -11,6 +11,10 @@ use crate::calls::{
 };
 use crate::carrier::{rest, twiml};
 use crate::config::{Config, VOICES};
+use crate::voice::Voices;
+use crate::voice::bridge::Line;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,14 +61,22 @@ pub struct Switchboard {
     config: Arc<Config>,
     calls: Arc<CallRegistry>,
     twilio: rest::TwilioClient,
+    voices: Arc<Voices>,
 }
+
+/// What the callee hears if the voice model cannot be reached.
+const APOLOGY: &str = "Sorry, we are having technical difficulties and have to end this call. Goodbye.";
 
 const MAX_CONTEXT_CHARS: usize = 8_000;
 
 impl Switchboard {
-    pub fn new(config: Arc<Config>, calls: Arc<CallRegistry>) -> Result<Self, rest::Error> {
+    pub fn new(config: Arc<Config>, calls: Arc<CallRegistry>, voices: Arc<Voices>) -> Result<Self, rest::Error> {
         let twilio = rest::TwilioClient::new(&config.twilio)?;
-        Ok(Self { config, calls, twilio })
+        Ok(Self { config, calls, twilio, voices })
+    }
+
+    pub fn voices(&self) -> &Arc<Voices> {
+        &self.voices
     }
 
     pub fn calls(&self) -> &Arc<CallRegistry> {
@@ -72,7 +84,7 @@ impl Switchboard {
     }
 
     /// Checks the request, then dials. Nothing reaches Twilio unless every check passed.
-    pub async fn place(&self, ask: PlaceCall) -> Result<Arc<CallEntry>, PlaceError> {
+    pub async fn place(self: &Arc<Self>, ask: PlaceCall) -> Result<Arc<CallEntry>, PlaceError> {
         let to = E164::parse(ask.to.trim())?;
         self.config.policy.check(&to)?;
         let request = self.request(to, ask)?;
@@ -96,9 +108,11 @@ impl Switchboard {
         let call = Call::new(created.sid, request, CallStatus::Queued, self.config.sandbox);
         let entry = self.calls.insert(ticket, call, stream_token);
         if status != CallStatus::Queued {
-            entry.apply(rest_status(status, None));
+            self.record(entry.call_sid(), rest_status(status, None));
         }
-        tracing::info!(call_sid = %entry.snapshot().call_sid, "call placed");
+        tracing::info!(call_sid = %entry.call_sid(), "call placed");
+        self.voices
+            .start(entry.clone(), PhoneLine { switchboard: self.clone(), call_sid: entry.call_sid().to_owned() });
         Ok(entry)
     }
 
@@ -122,10 +136,10 @@ impl Switchboard {
         let limit = u32::try_from(self.config.max_call_duration.as_secs()).unwrap_or(u32::MAX);
         let max_duration_secs = match ask.max_duration_secs {
             None => limit,
-            Some(s) if (10..=limit).contains(&s) => s,
+            Some(s) if (5..=limit).contains(&s) => s,
             Some(s) => {
                 return Err(PlaceError::Invalid(format!(
-                    "maxDurationSecs {s} is outside what this server allows (10 to {limit})"
+                    "maxDurationSecs {s} is outside what this server allows (5 to {limit})"
                 )));
             }
         };
@@ -165,12 +179,20 @@ impl Switchboard {
         Ok(entry.snapshot())
     }
 
+    /// Says an apology over the phone (Twilio's own speech, no voice model) and hangs up.
+    pub async fn apologise_and_end(&self, call_sid: &str) -> Result<(), EndError> {
+        let entry = self.calls.entry(call_sid).ok_or_else(|| EndError::Unknown(call_sid.to_owned()))?;
+        let outcome = self.twilio.update_twiml(call_sid, &twiml::say_and_hang_up(APOLOGY)).await?;
+        self.apply_hangup(&entry, outcome);
+        Ok(())
+    }
+
     fn apply_hangup(&self, entry: &CallEntry, outcome: rest::Hangup) {
         match outcome {
             rest::Hangup::Ended(resource) => {
                 if let Some(status) = CallStatus::parse(&resource.status) {
                     let duration = resource.duration.as_deref().and_then(|d| d.parse().ok());
-                    entry.apply(rest_status(status, duration));
+                    self.record(entry.call_sid(), rest_status(status, duration));
                 }
             }
             // Twilio has no live call by that id: the status callback saying how it ended is on its way.
@@ -190,6 +212,34 @@ impl Switchboard {
             }
         }
         outcome
+    }
+}
+
+/// The bridge's way to end its call, through the switchboard.
+#[derive(Debug)]
+struct PhoneLine {
+    switchboard: Arc<Switchboard>,
+    call_sid: String,
+}
+
+impl Line for PhoneLine {
+    fn hang_up(&self) -> BoxFuture<'_, ()> {
+        async move {
+            if let Err(e) = self.switchboard.end(&self.call_sid).await {
+                tracing::error!(call_sid = %self.call_sid, error = %e, "hang-up failed");
+            }
+        }
+        .boxed()
+    }
+
+    fn apologise_and_hang_up(&self) -> BoxFuture<'_, ()> {
+        async move {
+            if let Err(e) = self.switchboard.apologise_and_end(&self.call_sid).await {
+                tracing::error!(call_sid = %self.call_sid, error = %e, "apology failed; hanging up");
+                self.hang_up().await;
+            }
+        }
+        .boxed()
     }
 }
 

@@ -30,6 +30,17 @@ pub struct TranscriptLine {
     pub timestamp: OffsetDateTime,
 }
 
+/// Something that went wrong during a call, kept on its record (the voice model's errors, mostly).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallError {
+    pub code: String,
+    pub message: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub timestamp: OffsetDateTime,
+}
+
 /// What the caller asked for when placing the call; fixed once the call exists.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -48,6 +59,15 @@ pub struct CallRequest {
     pub record: bool,
     pub machine_detection: bool,
     pub max_duration_secs: u32,
+}
+
+impl Speaker {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ai => "ai",
+            Self::Human => "human",
+        }
+    }
 }
 
 impl Serialize for E164 {
@@ -87,6 +107,9 @@ pub struct Call {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recording_url: Option<String>,
     pub transcript: Vec<TranscriptLine>,
+    /// Keys the callee pressed, in order.
+    pub dtmf: Vec<String>,
+    pub errors: Vec<CallError>,
     /// True when the call was placed against the built-in simulators, not a real phone network.
     pub sandbox: bool,
     /// Twilio `SequenceNumber`s already applied: callbacks are retried and duplicated, each counts once.
@@ -140,6 +163,8 @@ impl Call {
             answered_by: None,
             recording_url: None,
             transcript: Vec::new(),
+            dtmf: Vec::new(),
+            errors: Vec::new(),
             sandbox,
             applied_sequences: Vec::new(),
         }

@@ -7,7 +7,7 @@ mod policy;
 mod registry;
 mod status;
 
-pub use call::{Applied, Call, CallRequest, CallSid, CallUpdate, Speaker, TranscriptLine};
+pub use call::{Applied, Call, CallError, CallRequest, CallSid, CallUpdate, Speaker, TranscriptLine};
 pub use number::{E164, NumberError};
 pub use policy::{BadPrefix, DestinationPolicy, PolicyError};
 pub use registry::{CallEntry, CallRegistry, DialTicket, RegistryError, UpdateOutcome};

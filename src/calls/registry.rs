@@ -58,6 +58,8 @@ struct Inner {
 /// One call's state and the means to watch it.
 #[derive(Debug)]
 pub struct CallEntry {
+    /// A copy of the call's id, readable without the lock.
+    call_sid: CallSid,
     call: Mutex<Call>,
     /// Bumped on every change; `wait-for-call` and notifications wait on it instead of polling.
     version: watch::Sender<u64>,
@@ -68,6 +70,10 @@ pub struct CallEntry {
 }
 
 impl CallEntry {
+    pub fn call_sid(&self) -> &str {
+        &self.call_sid
+    }
+
     pub fn snapshot(&self) -> Call {
         lock(&self.call).clone()
     }
@@ -150,6 +156,7 @@ impl CallRegistry {
     pub fn insert(&self, mut ticket: DialTicket, call: Call, stream_token: String) -> Arc<CallEntry> {
         let sid = call.call_sid.clone();
         let entry = Arc::new(CallEntry {
+            call_sid: sid.clone(),
             call: Mutex::new(call),
             version: watch::Sender::new(0),
             slot: Mutex::new(ticket.permit.take()),

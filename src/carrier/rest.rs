@@ -134,6 +134,17 @@ impl TwilioClient {
         }
     }
 
+    /// Replaces a live call's instructions with `twiml` (e.g. a spoken apology and `<Hangup/>`).
+    pub async fn update_twiml(&self, call_sid: &str, twiml: &str) -> Result<Hangup, Error> {
+        let url = format!("{}/{call_sid}.json", self.calls_url);
+        match self.post(&url, &[("Twiml", twiml.to_owned())]).await {
+            Ok(call) => Ok(Hangup::Ended(call)),
+            // 21220: not in progress; 20404: gone. Either way there is no line left to leave open.
+            Err(Error::Api { code: 20404 | 21220, .. }) => Ok(Hangup::AlreadyGone),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn post(&self, url: &str, form: &[(&str, String)]) -> Result<CallResource, Error> {
         let response = self
             .http

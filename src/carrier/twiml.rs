@@ -21,6 +21,11 @@ pub fn connect_stream(stream_url: &str, parameters: &[(&str, &str)]) -> String {
     xml
 }
 
+/// `<Response><Say>…</Say><Hangup/></Response>`: what the callee hears when the voice model is gone.
+pub fn say_and_hang_up(text: &str) -> String {
+    format!(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Say>{}</Say><Hangup/></Response>"#, escape(text))
+}
+
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for ch in s.chars() {

@@ -111,6 +111,23 @@ pub(crate) struct EndCallResult {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+pub(crate) struct InstructCallArgs {
+    /// The live call's id (CA…).
+    pub(crate) call_sid: String,
+    /// What the voice agent should do now, e.g. "Ask whether they have a table at 9 pm instead."
+    pub(crate) instruction: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct InstructCallResult {
+    pub(crate) call_sid: String,
+    pub(crate) delivered: bool,
+    pub(crate) message: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct WaitForCallArgs {
     /// The call's id (CA…).
     pub(crate) call_sid: String,
@@ -246,6 +263,45 @@ when the call has ended, with its transcript). Costs money and rings a real phon
     }
 
     #[tool(
+        name = "instruct-call",
+        description = "Steer a live call: give the voice agent a new instruction (it acts on it at once, \
+speaking to the callee). Only works while the call is connected.",
+        annotations(
+            title = "Instruct a live call",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
+    )]
+    async fn instruct_call(
+        &self,
+        Parameters(args): Parameters<InstructCallArgs>,
+    ) -> Result<Json<InstructCallResult>, String> {
+        let text = args.instruction.trim();
+        if text.is_empty() {
+            return Err("instruction is empty: say what the voice agent should do now".into());
+        }
+        if text.chars().count() > 4_000 {
+            return Err("instruction is longer than 4000 characters; shorten it".into());
+        }
+        let sid = args.call_sid.trim();
+        if self.state.calls.get(sid).is_none() {
+            return Err(unknown_call(sid));
+        }
+        self.state
+            .voices
+            .instruct(sid, format!("New instruction from the person you are calling for: {text}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Json(InstructCallResult {
+            call_sid: sid.to_owned(),
+            delivered: true,
+            message: "The voice agent has the instruction and is acting on it.".into(),
+        }))
+    }
+
+    #[tool(
         name = "wait-for-call",
         description = "Wait until a call ends (or the timeout passes), reporting progress, then return its \
 final status, duration and transcript.",
@@ -326,18 +382,8 @@ fn unknown_call(sid: &str) -> String {
 }
 
 fn progress_message(call: &Call, transcript_seen: usize) -> String {
-    let new_lines: Vec<String> = call
-        .transcript
-        .iter()
-        .skip(transcript_seen)
-        .map(|l| {
-            format!(
-                "{}: {}",
-                serde_json::to_value(l.speaker).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
-                l.text
-            )
-        })
-        .collect();
+    let new_lines: Vec<String> =
+        call.transcript.iter().skip(transcript_seen).map(|l| format!("{}: {}", l.speaker.as_str(), l.text)).collect();
     if new_lines.is_empty() { format!("call {}", call.status) } else { new_lines.join("\n") }
 }
 

@@ -4,16 +4,33 @@
 //! user sees the whole flow with no accounts and no network, and the tests exercise the same code a
 //! live deployment runs.
 
+pub mod realtime;
+pub mod speech;
 pub mod twilio;
 
-use crate::config::Config;
+use crate::config::{Config, OpenAiAuthHeader};
 use rand::Rng;
+use realtime::{RealtimeSimConfig, RealtimeSimulator};
 use std::time::Duration;
 use twilio::{SimulatorConfig, TwilioSimulator};
 
-/// Starts the Twilio simulator and points `config` at it: its URL, its (random) credentials, and — when
-/// no `PUBLIC_URL` was given — this server's own loopback address on `port`.
-pub async fn start(config: &mut Config, port: u16) -> std::io::Result<TwilioSimulator> {
+/// The simulators sandbox mode runs; dropped or shut down together.
+#[derive(Debug)]
+pub struct Simulators {
+    pub twilio: TwilioSimulator,
+    pub realtime: RealtimeSimulator,
+}
+
+impl Simulators {
+    pub async fn shutdown(self) {
+        self.twilio.shutdown().await;
+        self.realtime.shutdown().await;
+    }
+}
+
+/// Starts both simulators and points `config` at them: their URLs, their (random) credentials, and —
+/// when no `PUBLIC_URL` was given — this server's own loopback address on `port`.
+pub async fn start(config: &mut Config, port: u16) -> std::io::Result<Simulators> {
     let hex = |n: usize| -> String {
         let mut rng = rand::rng();
         (0..n).map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)])).collect()
@@ -22,10 +39,20 @@ pub async fn start(config: &mut Config, port: u16) -> std::io::Result<TwilioSimu
         account_sid: format!("AC{}", hex(32)),
         auth_token: hex(32),
         api_key: None,
-        step_delay: Duration::from_millis(700),
-        talk_time: Some(Duration::from_secs(6)),
+        step_delay: Duration::from_millis(400),
+        // A safety net: the scripted conversation ends the call itself well before this.
+        talk_time: Some(Duration::from_secs(60)),
+        media: true,
+        ms_per_char: 45,
     };
     let sim = TwilioSimulator::start(sim_config.clone()).await?;
+    let rt_config = RealtimeSimConfig { api_key: hex(32), ms_per_char: 45, delta_ms: 100, end_silence_ms: 500 };
+    let realtime = RealtimeSimulator::start(rt_config.clone()).await?;
+    let mut voice_url = url::Url::parse(&realtime.url()).map_err(std::io::Error::other)?;
+    voice_url.query_pairs_mut().append_pair("model", &config.voice.model);
+    config.voice.url = voice_url;
+    config.voice.api_key = rt_config.api_key;
+    config.voice.auth_header = OpenAiAuthHeader::Authorization;
     if !config.public_url_given {
         let url = format!("http://127.0.0.1:{port}/");
         config.public_url = url::Url::parse(&url).map_err(std::io::Error::other)?;
@@ -34,5 +61,5 @@ pub async fn start(config: &mut Config, port: u16) -> std::io::Result<TwilioSimu
     config.twilio.auth_token = sim_config.auth_token;
     config.twilio.auth = crate::config::TwilioAuth::AuthToken;
     config.twilio.api_base = url::Url::parse(&sim.base_url()).map_err(std::io::Error::other)?;
-    Ok(sim)
+    Ok(Simulators { twilio: sim, realtime })
 }

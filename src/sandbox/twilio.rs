@@ -13,7 +13,25 @@
 //! | `0003`       | initiated#0, failed#1, failed#1                                         |
 //! | other        | initiated#0, in-progress#2, ringing#1, [AMD], completed#3, completed#3, [recording] |
 //!
-//! Steps are `step_delay` apart; an answered call lasts `talk_time` or until hung up over REST.
+//! Steps are `step_delay` apart; an answered call lasts `talk_time` or until hung up over REST (or
+//! redirected to new TwiML, which the simulator treats as played at once: the call then completes).
+//!
+//! With `media` on, an answered call whose `Twiml` is `<Connect><Stream>` also opens the media stream
+//! (`twilio_media.rs`), and the callee follows a script, "hearing" the AI's audio as it plays:
+//!
+//! | `To` ends in | the callee ("after an AI utterance": once one has played to its end)              |
+//! |--------------|-------------------------------------------------------------------------------|
+//! | `0004`       | 600 ms into the first AI utterance, with more queued: "Sorry to interrupt, who is this?"; after the next, "Okay, goodbye." |
+//! | `0005`       | after the first, "error please"; 1 s more silence; "Okay, goodbye."           |
+//! | `0006`       | after the first, "drop please"; after the next, "Okay, goodbye."              |
+//! | `0007`       | never speaks                                                                  |
+//! | `0008`       | after the first, presses `1` (a `dtmf` message), then as the default          |
+//! | `0009`       | answers but never opens the stream (a test plays Twilio's side itself)        |
+//! | other        | after the first, "Hi, yes, we are open on Sunday."; after the next, "Okay, goodbye." |
+//!
+//! Each utterance is followed by at least 600 ms of silence; then silence until the call ends. A step that
+//! waits gives up after 30 s. The stream's end: on hang-up, `talk_time` or shutdown, `stop` and a close;
+//! if the server closes it first, the line stays up until the call is hung up.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -36,6 +54,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::carrier::signature;
 
+#[path = "twilio_media.rs"]
+mod media;
+
 const API_VERSION: &str = "2010-04-01";
 
 /// Form fields in order, repeats kept: what Twilio posts and what we sign.
@@ -54,6 +75,25 @@ pub struct SimulatorConfig {
     pub step_delay: Duration,
     /// how long an answered call stays in-progress before the callee hangs up on its own (None = until hung up via REST)
     pub talk_time: Option<Duration>,
+    /// open the `<Connect><Stream>` of an answered call's TwiML and play the scripted callee on it
+    pub media: bool,
+    /// the callee's speech pace: ms of audio per character (sandbox ~55, tests ~8)
+    pub ms_per_char: u32,
+}
+
+/// Sandbox pacing, no media, and no credentials: set `account_sid` and `auth_token`.
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        Self {
+            account_sid: String::new(),
+            auth_token: String::new(),
+            api_key: None,
+            step_delay: Duration::from_millis(700),
+            talk_time: Some(Duration::from_secs(6)),
+            media: false,
+            ms_per_char: 55,
+        }
+    }
 }
 
 // By hand so secrets never reach logs.
@@ -65,6 +105,8 @@ impl fmt::Debug for SimulatorConfig {
             .field("api_key", &self.api_key.as_ref().map(|(sid, _)| sid))
             .field("step_delay", &self.step_delay)
             .field("talk_time", &self.talk_time)
+            .field("media", &self.media)
+            .field("ms_per_char", &self.ms_per_char)
             .finish()
     }
 }
@@ -115,6 +157,49 @@ pub enum SimRequest {
         sequence: Option<u32>,
         http_status: u16,
     },
+    /// A REST update that replaced the call's TwiML (`Twiml=`); the call then completes.
+    Redirected {
+        call_sid: String,
+        twiml: String,
+    },
+    /// The media stream's handshake was refused (`http_status` 0: no answer at all); the call completes.
+    MediaRefused {
+        call_sid: String,
+        http_status: u16,
+    },
+    /// The media stream is open: `connected` and `start` were sent.
+    MediaStarted {
+        call_sid: String,
+        stream_sid: String,
+    },
+    /// The callee began an utterance.
+    CalleeSaid {
+        call_sid: String,
+        text: String,
+    },
+    /// An AI utterance stopped playing: it ended, a `clear` cut it (`cleared`), or the stream ended.
+    /// `text` is what the queued audio said; `played_ms` how much of it the callee heard.
+    Played {
+        call_sid: String,
+        text: Option<String>,
+        played_ms: u64,
+        cleared: bool,
+    },
+    /// The server sent `clear`.
+    Cleared {
+        call_sid: String,
+    },
+    /// The server sent what Twilio would reject (its warnings 31951/31924, or 31920 for a query string in
+    /// the stream URL); the stream goes on.
+    StreamViolation {
+        call_sid: String,
+        reason: String,
+    },
+    /// The media stream closed; `by` is `"twilio"` (the call ended) or `"server"`.
+    MediaClosed {
+        call_sid: String,
+        by: &'static str,
+    },
 }
 
 /// A running simulator; `shutdown` (or drop) stops it and every call it is playing.
@@ -148,6 +233,8 @@ struct CallState {
     ended: Option<(Instant, String)>,
     /// Cancelled by a REST hang-up; the progress task then sends the terminal callback.
     hangup: CancellationToken,
+    /// Cancelled by a REST update with new TwiML.
+    redirect: CancellationToken,
 }
 
 /// What one created call asked for, read once from its form.
@@ -163,6 +250,8 @@ struct Plan {
     machine_detection: bool,
     amd_callback: Option<String>,
     recording_callback: Option<String>,
+    /// The `Twiml` to stream when answered: only with `media` on, for a number that streams.
+    twiml: Option<String>,
 }
 
 /// One call's scripted life, run by its own tracked task so its callbacks never race each other.
@@ -172,6 +261,8 @@ struct Script {
     plan: Plan,
     /// Cancelled by a REST hang-up.
     hangup: CancellationToken,
+    /// Cancelled by a REST update with new TwiML.
+    redirect: CancellationToken,
     /// `SequenceNumber` counts the status callbacks fired so far.
     seq: u32,
     /// A callback fired but not yet delivered: the out-of-order quirk.
@@ -270,8 +361,8 @@ async fn create_call(
     if !is_e164(to) {
         return sim.reject(path, StatusCode::BAD_REQUEST, 21211, format!("Invalid 'To' Phone Number: {to}"));
     }
-    let plan = Plan::new(&form, to, from);
-    let hangup = CancellationToken::new();
+    let plan = Plan::new(&form, to, from, sim.config.media);
+    let (hangup, redirect) = (CancellationToken::new(), CancellationToken::new());
     let state = CallState {
         to: to.to_owned(),
         from: from.to_owned(),
@@ -281,11 +372,12 @@ async fn create_call(
         answered: None,
         ended: None,
         hangup: hangup.clone(),
+        redirect: redirect.clone(),
     };
     let body = sim.call_json(&plan.sid, &state);
     sim.lock().insert(plan.sid.clone(), state);
     sim.record(SimRequest::CreateCall { call_sid: plan.sid.clone(), form, auth });
-    let script = Script { sim: Arc::clone(&sim), plan, hangup, seq: 0, held: None };
+    let script = Script { sim: Arc::clone(&sim), plan, hangup, redirect, seq: 0, held: None };
     sim.tracker.spawn(script.play());
     (StatusCode::CREATED, axum::Json(body)).into_response()
 }
@@ -302,10 +394,13 @@ async fn update_call(
         return sim.reject(path, StatusCode::UNAUTHORIZED, 20003, "Authenticate".into());
     }
     let form: Params = url::form_urlencoded::parse(&body).into_owned().collect();
+    let sid = file.strip_suffix(".json").unwrap_or_default();
+    if let (None, Some(twiml)) = (field(&form, "Status"), field(&form, "Twiml")) {
+        return redirect_call(&sim, path, sid, twiml);
+    }
     let Some(wanted @ ("completed" | "canceled")) = field(&form, "Status") else {
         return sim.reject(path, StatusCode::BAD_REQUEST, 20001, "Status must be 'completed' or 'canceled'".into());
     };
-    let sid = file.strip_suffix(".json").unwrap_or_default();
     let found = sim.lock().get_mut(sid).filter(|c| c.ended.is_none()).map(|call| {
         // Twilio: `canceled` leaves an answered call alone, and a call hung up before it was
         // answered ends as `canceled` whichever status was asked for.
@@ -320,6 +415,20 @@ async fn update_call(
         return sim.reject(path, StatusCode::NOT_FOUND, 20404, format!("The requested resource {path} was not found"));
     };
     sim.record(SimRequest::Hangup { call_sid: sid.to_owned(), status: wanted.to_owned() });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// New TwiML for a live call. The simulator does not voice it: the current one (a media stream) stops,
+/// the new one counts as played at once, and the call completes; before the answer, it does so when answered.
+fn redirect_call(sim: &Shared, path: &str, sid: &str, twiml: &str) -> Response {
+    let found = sim.lock().get(sid).filter(|c| c.ended.is_none()).map(|call| {
+        call.redirect.cancel();
+        sim.call_json(sid, call)
+    });
+    let Some(body) = found else {
+        return sim.reject(path, StatusCode::NOT_FOUND, 20404, format!("The requested resource {path} was not found"));
+    };
+    sim.record(SimRequest::Redirected { call_sid: sid.to_owned(), twiml: twiml.to_owned() });
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
@@ -462,7 +571,19 @@ impl Script {
             ];
             self.post(url, CallbackKind::Amd, "human", None, &params).await;
         }
-        self.pause(self.sim.config.talk_time).await
+        match self.plan.twiml.as_deref() {
+            Some(twiml) => media::play(&self.sim, &self.plan.sid, &self.plan.to, twiml, self.talk()).await,
+            None => self.talk().await,
+        }
+    }
+
+    /// The answered call's time: until `talk_time`, a hang-up, a redirect (which completes it), or shutdown.
+    async fn talk(&self) -> Result<(), Stop> {
+        tokio::select! {
+            biased;
+            end = self.pause(self.sim.config.talk_time) => end,
+            () = self.redirect.cancelled() => Ok(()),
+        }
     }
 
     async fn pause(&self, wait: Option<Duration>) -> Result<(), Stop> {
@@ -547,7 +668,7 @@ impl Script {
 }
 
 impl Plan {
-    fn new(form: &[(String, String)], to: &str, from: &str) -> Self {
+    fn new(form: &[(String, String)], to: &str, from: &str, media: bool) -> Self {
         let ending = match to.get(to.len().saturating_sub(4)..) {
             Some("0001") => Some("busy"),
             Some("0002") => Some("no-answer"),
@@ -573,6 +694,7 @@ impl Plan {
             machine_detection: field(form, "MachineDetection").is_some(),
             amd_callback: field(form, "AsyncAmdStatusCallback").filter(|_| is_true("AsyncAmd")).map(str::to_owned),
             recording_callback: field(form, "RecordingStatusCallback").filter(|_| wants_recording).map(str::to_owned),
+            twiml: field(form, "Twiml").filter(|_| media && ending.is_none() && media::streams(to)).map(str::to_owned),
         }
     }
 }
@@ -654,6 +776,8 @@ mod tests {
             api_key,
             step_delay: Duration::from_millis(5),
             talk_time,
+            media: false,
+            ms_per_char: 8,
         };
         TwilioSimulator::start(config).await.unwrap()
     }

@@ -114,15 +114,7 @@ async fn end_call_hangs_up_a_live_call_and_twilio_confirms_it() {
             _ => None,
         })
         .await;
-    let entry = server.state.calls.entry(&sid).unwrap();
-    let mut changes = entry.subscribe();
-    tokio::time::timeout(WAIT, async {
-        while entry.snapshot().duration_secs.is_none() {
-            changes.changed().await.unwrap();
-        }
-    })
-    .await
-    .expect("duration filled in by the completed callback");
+    server.until_call(&sid, |c| c.duration_secs.is_some()).await;
 
     // Ending it again is not an error, and nothing more is sent to Twilio.
     let again = call_tool(&client, "end-call", json!({"callSid": sid})).await;
@@ -165,6 +157,29 @@ async fn ten_concurrent_calls_keep_their_own_state() {
         assert_eq!(record.request.to.as_str(), number);
     }
     assert_eq!(server.state.calls.active_count(), 0);
+    client.cancel().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rest_calls_can_authenticate_with_an_api_key_instead_of_the_auth_token() {
+    let key = (format!("SK{}", "5".repeat(32)), "key-secret".to_owned());
+    let raw = voice_call_mcp::RawConfig {
+        twilio_api_key_sid: Some(key.0.clone()),
+        twilio_api_key_secret: Some(key.1.clone()),
+        ..Default::default()
+    };
+    let server = TestServer::with(Setup { raw, api_key: Some(key.clone()), ..Setup::default() }).await;
+    let client = server.client(Era::Stateless).await;
+    let placed = call_tool(&client, "trigger-call", json!({"toNumber": "+14155550123", "callContext": "x"})).await;
+    ok(&placed);
+    let auth = server
+        .sim_until(|r| match r {
+            SimRequest::CreateCall { auth, .. } => Some(auth),
+            _ => None,
+        })
+        .await;
+    assert_eq!(auth, voice_call_mcp::sandbox::twilio::SimAuth::ApiKey(key.0));
     client.cancel().await.unwrap();
     server.stop().await;
 }

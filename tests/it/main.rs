@@ -7,4 +7,5 @@ mod cli;
 mod mcp_surface;
 mod rejections;
 mod support;
+mod voice;
 mod webhooks;

@@ -12,7 +12,11 @@ async fn tools_are_listed_with_schemas_and_annotations_in_both_protocol_eras() {
         let tools = client.list_all_tools().await.unwrap();
         let mut names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
         names.sort();
-        assert_eq!(names, ["end-call", "get-call", "list-calls", "trigger-call", "wait-for-call"], "{era:?}");
+        assert_eq!(
+            names,
+            ["end-call", "get-call", "instruct-call", "list-calls", "trigger-call", "wait-for-call"],
+            "{era:?}"
+        );
         for tool in &tools {
             assert!(tool.output_schema.is_some(), "{} has an output schema", tool.name);
         }

@@ -7,12 +7,14 @@ use rmcp::transport::StreamableHttpClientTransport;
 use serde_json::Value;
 use std::time::Duration;
 use tokio::sync::oneshot;
-use voice_call_mcp::calls::CallStatus;
+use voice_call_mcp::calls::{Call, CallStatus};
+use voice_call_mcp::sandbox::realtime::{RealtimeSimConfig, RealtimeSimEvent, RealtimeSimulator};
 use voice_call_mcp::sandbox::twilio::{SimRequest, SimulatorConfig, TwilioSimulator};
+use voice_call_mcp::voice::bridge::Timing;
 use voice_call_mcp::{AppState, RawConfig};
 
 /// Generous bound for anything a test awaits: loopback work takes milliseconds.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub const WAIT: Duration = Duration::from_secs(20);
 
 pub const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
 pub const AUTH_TOKEN: &str = "simulated-auth-token";
@@ -32,6 +34,7 @@ pub struct TestServer {
     pub base: String,
     pub state: AppState,
     pub sim: TwilioSimulator,
+    pub realtime: RealtimeSimulator,
     stop: Option<oneshot::Sender<()>>,
     served: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -43,11 +46,23 @@ pub struct Setup {
     pub raw: RawConfig,
     /// The token the *server* believes Twilio signs with (to test a mismatch).
     pub server_auth_token: &'static str,
+    /// Whether the simulated phone opens a media stream when answered (the voice tests).
+    pub media: bool,
+    pub timing: Timing,
+    /// An API key pair the simulated Twilio also accepts (SK…, secret).
+    pub api_key: Option<(String, String)>,
 }
 
 impl Default for Setup {
     fn default() -> Self {
-        Self { talk_time: Some(Duration::from_millis(200)), raw: RawConfig::default(), server_auth_token: AUTH_TOKEN }
+        Self {
+            talk_time: Some(Duration::from_millis(200)),
+            raw: RawConfig::default(),
+            server_auth_token: AUTH_TOKEN,
+            media: false,
+            timing: Timing { goodbye_grace: Duration::from_secs(5), wrap_up_grace: Duration::from_secs(2) },
+            api_key: None,
+        }
     }
 }
 
@@ -60,12 +75,22 @@ impl TestServer {
         let sim = TwilioSimulator::start(SimulatorConfig {
             account_sid: ACCOUNT_SID.into(),
             auth_token: AUTH_TOKEN.into(),
-            api_key: None,
+            api_key: setup.api_key.clone(),
             step_delay: Duration::from_millis(15),
             talk_time: setup.talk_time,
+            media: setup.media,
+            ms_per_char: 8,
         })
         .await
         .expect("simulator starts");
+        let realtime = RealtimeSimulator::start(RealtimeSimConfig {
+            api_key: "sk-test".into(),
+            ms_per_char: 8,
+            delta_ms: 20,
+            end_silence_ms: 120,
+        })
+        .await
+        .expect("realtime simulator starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let raw = RawConfig {
@@ -75,16 +100,17 @@ impl TestServer {
             twilio_number: Some("+15005550006".into()),
             twilio_api_base: Some(sim.base_url()),
             openai_api_key: Some("sk-test".into()),
+            openai_realtime_url: Some(realtime.url()),
             shutdown_grace_secs: Some("2".into()),
             ..setup.raw
         };
         let config = raw.validate().expect("test configuration is valid");
-        let state = AppState::new(config).unwrap();
+        let state = AppState::with_timing(config, setup.timing).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn(voice_call_mcp::serve(listener, state.clone(), async {
             let _ = stopped.await;
         }));
-        Self { base, state, sim, stop: Some(stop), served: Some(served) }
+        Self { base, state, sim, realtime, stop: Some(stop), served: Some(served) }
     }
 
     pub async fn client(&self, era: Era) -> Client {
@@ -110,6 +136,19 @@ impl TestServer {
         }
     }
 
+    /// Waits until the Realtime simulator reports something matching `pick`.
+    pub async fn rt_until<T>(&self, mut pick: impl FnMut(RealtimeSimEvent) -> Option<T>) -> T {
+        loop {
+            let event = tokio::time::timeout(WAIT, self.realtime.next_event())
+                .await
+                .expect("the realtime simulator saw something in time")
+                .unwrap();
+            if let Some(found) = pick(event) {
+                return found;
+            }
+        }
+    }
+
     /// Everything the simulator has seen so far, without waiting.
     pub fn sim_drain(&self) -> Vec<SimRequest> {
         std::iter::from_fn(|| self.sim.try_next_request()).collect()
@@ -117,15 +156,24 @@ impl TestServer {
 
     /// Waits (on the call's own change signal) until `sid` reaches `status` or beyond.
     pub async fn until_status(&self, sid: &str, want: impl Fn(CallStatus) -> bool) {
+        self.until_call(sid, |c| want(c.status)).await;
+    }
+
+    /// Waits (on the call's own change signal) until the call's record satisfies `want`.
+    pub async fn until_call(&self, sid: &str, want: impl Fn(&Call) -> bool) -> Call {
         let entry = self.state.calls.entry(sid).expect("call is registered");
         let mut changes = entry.subscribe();
         tokio::time::timeout(WAIT, async {
-            while !want(entry.snapshot().status) {
+            loop {
+                let call = entry.snapshot();
+                if want(&call) {
+                    return call;
+                }
                 changes.changed().await.unwrap();
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("call {sid} never reached the wanted status; it is {}", entry.snapshot().status));
+        .unwrap_or_else(|_| panic!("call {sid} never got there; it is {:?}", entry.snapshot()))
     }
 
     pub async fn stop(mut self) {
@@ -136,6 +184,7 @@ impl TestServer {
             tokio::time::timeout(WAIT, served).await.expect("server drains in time").unwrap().unwrap();
         }
         self.sim.shutdown().await;
+        self.realtime.shutdown().await;
     }
 }
 

@@ -86,25 +86,11 @@ async fn recording_and_answering_machine_callbacks_fill_in_the_call() {
     assert_eq!(form_values(&form, "AsyncAmdStatusCallback"), [format!("{}/twilio/amd", server.base).as_str()]);
 
     // The simulator answers with AMD `human`; hang up so it posts the recording.
-    let entry = server.state.calls.entry(&sid).unwrap();
-    let mut changes = entry.subscribe();
-    tokio::time::timeout(WAIT, async {
-        while entry.snapshot().answered_by.is_none() {
-            changes.changed().await.unwrap();
-        }
-    })
-    .await
-    .expect("AMD result arrives");
-    assert_eq!(entry.snapshot().answered_by.as_deref(), Some("human"));
+    let call = server.until_call(&sid, |c| c.answered_by.is_some()).await;
+    assert_eq!(call.answered_by.as_deref(), Some("human"));
     ok(&call_tool(&client, "end-call", json!({"callSid": sid})).await);
-    tokio::time::timeout(WAIT, async {
-        while entry.snapshot().recording_url.is_none() {
-            changes.changed().await.unwrap();
-        }
-    })
-    .await
-    .expect("recording URL arrives");
-    assert!(entry.snapshot().recording_url.unwrap().contains("/Recordings/RE"));
+    let call = server.until_call(&sid, |c| c.recording_url.is_some()).await;
+    assert!(call.recording_url.unwrap().contains("/Recordings/RE"));
     client.cancel().await.unwrap();
     server.stop().await;
 }
