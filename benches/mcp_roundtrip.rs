@@ -25,7 +25,7 @@ fn bench(c: &mut Criterion) {
         let mut config = raw.validate().unwrap();
         let sim = voice_call_mcp::sandbox::start(&mut config, port).await.unwrap();
         let base = config.public("");
-        let state = AppState::new(config).unwrap();
+        let state = AppState::new(config).await.unwrap();
         tokio::spawn(voice_call_mcp::serve(listener, state.clone(), std::future::pending()));
         (base, state, sim)
     });

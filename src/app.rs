@@ -4,10 +4,13 @@
 //! and one shutdown token that every loop selects on. Background work is spawned on `tasks`, so it is
 //! awaited while draining instead of being cut off mid-write.
 
-use crate::calls::CallRegistry;
+use crate::auth::{AuthSetupError, Authenticator};
+use crate::calls::{Call, CallRegistry};
 use crate::carrier::{media, rest, webhooks};
 use crate::config::Config;
+use crate::events::{EventBus, sse};
 use crate::mcp;
+use crate::store::{CallStore, EventStore, SqliteStore, StoreError};
 use crate::switchboard::Switchboard;
 use crate::voice::Voices;
 use axum::Router;
@@ -29,26 +32,72 @@ pub struct AppState {
     pub calls: Arc<CallRegistry>,
     pub switchboard: Arc<Switchboard>,
     pub voices: Arc<Voices>,
+    pub events: Arc<EventBus>,
+    pub store: Arc<SqliteStore>,
+    /// Token validation; `None` when no key is configured (the events feed then refuses everyone).
+    pub auth: Option<Authenticator>,
+    pub sse_connections: Arc<sse::Connections>,
     /// Cancelled once, when the server starts draining.
     pub shutdown: CancellationToken,
     /// Every background task; awaited (bounded) before the process exits.
     pub tasks: TaskTracker,
 }
 
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Carrier(#[from] rest::Error),
+    #[error("DATABASE_URL: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+}
+
+/// Calls from earlier runs loaded back at start, for `list-calls`, `get-call` and resources.
+const RESTORED_CALLS: usize = 10_000;
+
 impl AppState {
-    pub fn new(config: Config) -> Result<Self, rest::Error> {
-        Self::with_timing(config, crate::voice::bridge::Timing::default())
+    pub async fn new(config: Config) -> Result<Self, StartError> {
+        Self::with_timing(config, crate::voice::bridge::Timing::default()).await
     }
 
     /// As [`AppState::new`], with the voice bridge's grace periods set (tests shorten them).
-    pub fn with_timing(config: Config, timing: crate::voice::bridge::Timing) -> Result<Self, rest::Error> {
+    pub async fn with_timing(config: Config, timing: crate::voice::bridge::Timing) -> Result<Self, StartError> {
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let calls = Arc::new(CallRegistry::new(config.max_concurrent_calls));
+        let store = Arc::new(SqliteStore::open(&config.store)?);
+        let auth = match &config.auth {
+            Some(a) => Some(Authenticator::new(a).await?),
+            None => None,
+        };
+        let call_store: Arc<dyn CallStore> = store.clone();
+        let calls = Arc::new(CallRegistry::with_store(config.max_concurrent_calls, Some(call_store)));
+        let mut restored: Vec<Call> = store
+            .load_calls(RESTORED_CALLS)
+            .await?
+            .into_iter()
+            .filter_map(|c| serde_json::from_str(&c.data).ok())
+            .collect();
+        restored.reverse();
+        calls.restore(restored);
+        let event_store: Arc<dyn EventStore> = store.clone();
+        let events = Arc::new(EventBus::new(event_store));
         let voices = Arc::new(Voices::new(config.voice.clone(), timing, tasks.clone(), shutdown.clone()));
-        let switchboard = Arc::new(Switchboard::new(config.clone(), calls.clone(), voices.clone())?);
-        Ok(Self { config, calls, switchboard, voices, shutdown, tasks })
+        let switchboard = Arc::new(Switchboard::new(config.clone(), calls.clone(), voices.clone(), events.clone())?);
+        Ok(Self {
+            config,
+            calls,
+            switchboard,
+            voices,
+            events,
+            store,
+            auth,
+            sse_connections: Arc::default(),
+            shutdown,
+            tasks,
+        })
     }
 }
 
@@ -58,6 +107,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .merge(webhooks::router())
         .merge(media::router())
+        .merge(sse::router(&state))
         .nest_service("/mcp", mcp::service(state.clone()))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -116,5 +166,7 @@ pub async fn serve(
     if tokio::time::timeout(Duration::from_secs(5), state.tasks.wait()).await.is_err() {
         tracing::warn!("background tasks did not finish in time");
     }
+    // Every event and call change published so far is on disk before the process exits.
+    state.store.flush().await;
     result
 }

@@ -77,7 +77,84 @@ pub struct RawConfig {
     /// Run against built-in simulators: no accounts, no network [default: false].
     #[arg(long, env = "SANDBOX", num_args = 0..=1, default_missing_value = "true")]
     pub sandbox: Option<String>,
+    /// HMAC secret for HS256/384/512 tokens (at least 32 bytes).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key file for RS*/PS*/ES*/EdDSA tokens.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<String>,
+    /// JWKS URL of an external authorization server (Auth0, Keycloak, Entra).
+    #[arg(long, env = "JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// The one algorithm tokens may use [default: HS256 with JWT_SECRET, RS256 otherwise].
+    #[arg(long, env = "JWT_ALGORITHM")]
+    pub jwt_algorithm: Option<String>,
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Where calls and events are kept [default: sqlite://./data/voice-call.db; in memory in sandbox mode].
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Events older than this many days are deleted [default: 30].
+    #[arg(long, env = "EVENT_RETENTION_DAYS")]
+    pub event_retention_days: Option<String>,
+    /// At most this many events are kept [default: 1000000].
+    #[arg(long, env = "EVENT_RETENTION_COUNT")]
+    pub event_retention_count: Option<String>,
+    /// Milliseconds between SSE heartbeat comments [default: 30000].
+    #[arg(long, env = "SSE_HEARTBEAT_INTERVAL")]
+    pub sse_heartbeat_interval: Option<String>,
+    /// Origin allowed to read /events from a browser (CORS); comma-separated [default: none].
+    #[arg(long, env = "SSE_CORS_ORIGIN")]
+    pub sse_cors_origin: Option<String>,
+    /// Open /events streams in total [default: 10000].
+    #[arg(long, env = "SSE_MAX_CONNECTIONS")]
+    pub sse_max_connections: Option<String>,
+    /// Open /events streams per token subject [default: 20].
+    #[arg(long, env = "SSE_MAX_CONNECTIONS_PER_SUBJECT")]
+    pub sse_max_connections_per_subject: Option<String>,
 }
+
+/// Where the token-verification key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtKey {
+    Secret(String),
+    PublicKeyFile(std::path::PathBuf),
+    Jwks(Url),
+}
+
+/// JWT validation settings; `None` in [`Config::auth`] when no key is configured.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub key: JwtKey,
+    /// The algorithm name as configured (`HS256`, `RS256`, `ES256`, `EdDSA`, …), pinned: tokens naming
+    /// another are refused.
+    pub algorithm: String,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SseConfig {
+    pub heartbeat: Duration,
+    pub cors_origins: Vec<String>,
+    pub max_connections: usize,
+    pub max_connections_per_subject: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (a file, created with its directory) or `sqlite::memory:`.
+    pub database_url: String,
+    pub retention: Duration,
+    pub retention_count: u64,
+}
+
+pub const JWT_ALGORITHMS: &[&str] =
+    &["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TwilioAuth {
@@ -128,6 +205,9 @@ pub struct Config {
     pub ring_timeout: Duration,
     pub shutdown_grace: Duration,
     pub sandbox: bool,
+    pub auth: Option<AuthConfig>,
+    pub store: StoreConfig,
+    pub sse: SseConfig,
 }
 
 /// One problem with one setting.
@@ -328,6 +408,36 @@ impl RawConfig {
             c.fail("RING_TIMEOUT_SECS", "must be between 5 and 600");
         }
         let grace_secs: u64 = c.parse("SHUTDOWN_GRACE_SECS", &self.shutdown_grace_secs, 10, "a number of seconds");
+        let jwt = self.jwt(&mut c);
+        // Sandbox calls are make-believe: kept in memory unless a database is named explicitly.
+        let default_db = if sandbox { "sqlite::memory:" } else { "sqlite://./data/voice-call.db" };
+        let database_url = self.database_url.clone().unwrap_or_else(|| default_db.into());
+        if !database_url.starts_with("sqlite:") {
+            c.fail("DATABASE_URL", format!("'{database_url}' is not supported: use sqlite://PATH or sqlite::memory:"));
+        }
+        let retention_days: u64 = c.parse("EVENT_RETENTION_DAYS", &self.event_retention_days, 30, "a number of days");
+        let retention_count: u64 =
+            c.parse("EVENT_RETENTION_COUNT", &self.event_retention_count, 1_000_000, "a whole number");
+        if retention_days == 0 || retention_count == 0 {
+            c.fail(
+                if retention_days == 0 { "EVENT_RETENTION_DAYS" } else { "EVENT_RETENTION_COUNT" },
+                "must be at least 1",
+            );
+        }
+        let heartbeat_ms: u64 =
+            c.parse("SSE_HEARTBEAT_INTERVAL", &self.sse_heartbeat_interval, 30_000, "a number of milliseconds");
+        if !(100..=300_000).contains(&heartbeat_ms) {
+            c.fail("SSE_HEARTBEAT_INTERVAL", "must be between 100 and 300000 milliseconds");
+        }
+        let cors_origins = prefixes(&self.sse_cors_origin);
+        for origin in &cors_origins {
+            if origin != "*" && Url::parse(origin).map_or(true, |u| u.origin().ascii_serialization() != *origin) {
+                c.fail("SSE_CORS_ORIGIN", format!("'{origin}' is not an origin like https://dash.example.com"));
+            }
+        }
+        let max_sse: usize = c.parse("SSE_MAX_CONNECTIONS", &self.sse_max_connections, 10_000, "a whole number");
+        let max_sse_subject: usize =
+            c.parse("SSE_MAX_CONNECTIONS_PER_SUBJECT", &self.sse_max_connections_per_subject, 20, "a whole number");
 
         if !c.0.is_empty() {
             return Err(c.0);
@@ -352,7 +462,91 @@ impl RawConfig {
             ring_timeout: Duration::from_secs(ring_secs),
             shutdown_grace: Duration::from_secs(grace_secs),
             sandbox,
+            auth: jwt,
+            store: StoreConfig {
+                database_url,
+                retention: Duration::from_secs(retention_days * 86_400),
+                retention_count,
+            },
+            sse: SseConfig {
+                heartbeat: Duration::from_millis(heartbeat_ms),
+                cors_origins,
+                max_connections: max_sse.max(1),
+                max_connections_per_subject: max_sse_subject.max(1),
+            },
         })
+    }
+
+    /// The JWT settings: exactly one key source, an algorithm that fits it.
+    fn jwt(&self, c: &mut Checker) -> Option<AuthConfig> {
+        let given = |v: &Option<String>| v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+        // The secret is used byte for byte, surrounding spaces included, as the token issuer uses it.
+        let secret = self.jwt_secret.clone().filter(|s| !s.trim().is_empty());
+        let algorithm = given(&self.jwt_algorithm);
+        let key = match (secret, given(&self.jwt_public_key_file), given(&self.jwt_jwks_url)) {
+            (None, None, None) => return None,
+            (Some(secret), None, None) => {
+                // RFC 7518 §3.2: the key is at least as long as the hash.
+                let needed = match algorithm.as_deref() {
+                    Some("HS384") => 48,
+                    Some("HS512") => 64,
+                    _ => 32,
+                };
+                if secret.len() < needed {
+                    c.fail(
+                        "JWT_SECRET",
+                        format!("must be at least {needed} bytes long (e.g. openssl rand -base64 64)"),
+                    );
+                }
+                JwtKey::Secret(secret)
+            }
+            (None, Some(file), None) => {
+                let path = std::path::PathBuf::from(&file);
+                if !path.is_file() {
+                    c.fail("JWT_PUBLIC_KEY_FILE", format!("'{file}' is not a readable file"));
+                }
+                JwtKey::PublicKeyFile(path)
+            }
+            (None, None, Some(url)) => match c.url("JWT_JWKS_URL", &url, &["https", "http"]) {
+                Some(u) => {
+                    let loopback = matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+                    if u.scheme() == "http" && !loopback {
+                        // Keys fetched in the clear could be swapped by anyone on the path.
+                        c.fail("JWT_JWKS_URL", format!("'{url}' must be https (plain http only on loopback)"));
+                    }
+                    JwtKey::Jwks(u)
+                }
+                None => return None,
+            },
+            (secret, file, jwks) => {
+                let named: Vec<&str> = [
+                    ("JWT_SECRET", secret.is_some()),
+                    ("JWT_PUBLIC_KEY_FILE", file.is_some()),
+                    ("JWT_JWKS_URL", jwks.is_some()),
+                ]
+                .iter()
+                .filter(|(_, set)| *set)
+                .map(|(n, _)| *n)
+                .collect();
+                c.fail(
+                    named[0],
+                    format!(
+                        "set only one of JWT_SECRET, JWT_PUBLIC_KEY_FILE and JWT_JWKS_URL (both {} are set)",
+                        named.join(" and ")
+                    ),
+                );
+                return None;
+            }
+        };
+        let hmac = matches!(key, JwtKey::Secret(_));
+        let algorithm = algorithm.unwrap_or_else(|| if hmac { "HS256" } else { "RS256" }.into());
+        if !JWT_ALGORITHMS.contains(&algorithm.as_str()) {
+            c.fail("JWT_ALGORITHM", format!("'{algorithm}' is not one of {}", JWT_ALGORITHMS.join(", ")));
+        } else if hmac != algorithm.starts_with("HS") {
+            // An HMAC secret and a public key never serve the same validator (RFC 8725 §3.1).
+            c.fail("JWT_ALGORITHM", format!("'{algorithm}' does not fit the configured key"));
+        }
+        Some(AuthConfig { key, algorithm, issuer: given(&self.jwt_issuer), audience: given(&self.jwt_audience) })
     }
 }
 
@@ -461,5 +655,131 @@ mod tests {
     fn public_url_must_be_bare() {
         let raw = RawConfig { public_url: Some("https://x.example.com/mcp".into()), ..live() };
         assert!(raw.validate().unwrap_err().iter().any(|e| e.setting == "PUBLIC_URL"));
+    }
+
+    // JWT settings: exactly one key source, an algorithm that fits it, nothing when none is given.
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn jwt(raw: RawConfig) -> Result<Option<AuthConfig>, Vec<ConfigError>> {
+        raw.validate().map(|c| c.auth)
+    }
+
+    fn jwt_errors(raw: RawConfig) -> Vec<String> {
+        raw.validate().unwrap_err().iter().filter(|e| e.setting.starts_with("JWT_")).map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn no_jwt_key_means_no_auth_and_blank_values_count_as_unset() {
+        assert!(jwt(live()).unwrap().is_none());
+        let blank = RawConfig { jwt_secret: Some("  ".into()), jwt_jwks_url: Some(String::new()), ..live() };
+        assert!(jwt(blank).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_secret_defaults_to_hs256_and_carries_issuer_and_audience() {
+        let raw = RawConfig {
+            jwt_secret: Some(SECRET.into()),
+            jwt_issuer: Some("https://auth.example.com/".into()),
+            jwt_audience: Some("https://calls.example.com".into()),
+            ..live()
+        };
+        let auth = jwt(raw).unwrap().unwrap();
+        assert_eq!(auth.key, JwtKey::Secret(SECRET.into()));
+        assert_eq!(auth.algorithm, "HS256");
+        assert_eq!(auth.issuer.as_deref(), Some("https://auth.example.com/"));
+        assert_eq!(auth.audience.as_deref(), Some("https://calls.example.com"));
+        let long = "k".repeat(64);
+        let hs512 = RawConfig { jwt_secret: Some(long.clone()), jwt_algorithm: Some("HS512".into()), ..live() };
+        assert_eq!(jwt(hs512).unwrap().unwrap().algorithm, "HS512");
+        // RFC 7518 §3.2: an HS512 key is at least 64 bytes.
+        let short = RawConfig { jwt_secret: Some(long[..48].into()), jwt_algorithm: Some("HS512".into()), ..live() };
+        assert_eq!(jwt_errors(short), ["JWT_SECRET: must be at least 64 bytes long (e.g. openssl rand -base64 64)"]);
+    }
+
+    #[test]
+    fn a_short_secret_is_refused() {
+        let raw = RawConfig { jwt_secret: Some("too-short".into()), ..live() };
+        assert_eq!(jwt_errors(raw), ["JWT_SECRET: must be at least 32 bytes long (e.g. openssl rand -base64 64)"]);
+    }
+
+    #[test]
+    fn public_keys_default_to_rs256_and_the_file_must_exist() {
+        let file = std::env::temp_dir().join(format!("voice-call-mcp-config-{}.pem", std::process::id()));
+        std::fs::write(&file, "-----BEGIN PUBLIC KEY-----\n").unwrap();
+        let raw = RawConfig { jwt_public_key_file: Some(file.display().to_string()), ..live() };
+        let auth = jwt(raw).unwrap().unwrap();
+        assert_eq!((auth.key, auth.algorithm.as_str()), (JwtKey::PublicKeyFile(file.clone()), "RS256"));
+        let es = RawConfig {
+            jwt_public_key_file: Some(file.display().to_string()),
+            jwt_algorithm: Some("ES256".into()),
+            ..live()
+        };
+        assert_eq!(jwt(es).unwrap().unwrap().algorithm, "ES256");
+        let missing = RawConfig { jwt_public_key_file: Some("/nonexistent/key.pem".into()), ..live() };
+        assert_eq!(jwt_errors(missing), ["JWT_PUBLIC_KEY_FILE: '/nonexistent/key.pem' is not a readable file"]);
+    }
+
+    #[test]
+    fn a_jwks_url_must_be_http_or_https() {
+        let raw = RawConfig { jwt_jwks_url: Some("https://auth.example.com/.well-known/jwks.json".into()), ..live() };
+        let auth = jwt(raw).unwrap().unwrap();
+        assert_eq!(auth.algorithm, "RS256");
+        assert!(matches!(auth.key, JwtKey::Jwks(u) if u.host_str() == Some("auth.example.com")));
+        for bad in ["ftp://auth.example.com/jwks", "not a url", "file:///etc/jwks.json"] {
+            let raw = RawConfig { jwt_jwks_url: Some(bad.into()), ..live() };
+            let errors = jwt_errors(raw);
+            assert!(errors.len() == 1 && errors[0].starts_with("JWT_JWKS_URL: "), "{bad}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn only_one_key_source_may_be_set() {
+        let raw = RawConfig {
+            jwt_secret: Some(SECRET.into()),
+            jwt_jwks_url: Some("https://auth.example.com/jwks".into()),
+            ..live()
+        };
+        assert_eq!(
+            jwt_errors(raw),
+            [
+                "JWT_SECRET: set only one of JWT_SECRET, JWT_PUBLIC_KEY_FILE and JWT_JWKS_URL (both JWT_SECRET and JWT_JWKS_URL are set)"
+            ]
+        );
+        let plain = RawConfig { jwt_jwks_url: Some("http://auth.example.com/jwks".into()), ..live() };
+        assert_eq!(
+            jwt_errors(plain),
+            ["JWT_JWKS_URL: 'http://auth.example.com/jwks' must be https (plain http only on loopback)"]
+        );
+    }
+
+    #[test]
+    fn the_algorithm_must_be_known_and_fit_the_key() {
+        let secret =
+            |alg: &str| RawConfig { jwt_secret: Some(SECRET.into()), jwt_algorithm: Some(alg.into()), ..live() };
+        let jwks = |alg: &str| RawConfig {
+            jwt_jwks_url: Some("https://auth.example.com/jwks".into()),
+            jwt_algorithm: Some(alg.into()),
+            ..live()
+        };
+        // RFC 8725 §3.1: an HMAC secret never verifies public-key algorithms, nor a public key HMAC ones.
+        assert_eq!(jwt_errors(secret("RS256")), ["JWT_ALGORITHM: 'RS256' does not fit the configured key"]);
+        assert_eq!(jwt_errors(jwks("HS256")), ["JWT_ALGORITHM: 'HS256' does not fit the configured key"]);
+        for bad in ["none", "hs256", "ES512"] {
+            let errors = jwt_errors(secret(bad));
+            assert!(
+                errors.len() == 1 && errors[0].starts_with(&format!("JWT_ALGORITHM: '{bad}' is not one of")),
+                "{errors:?}"
+            );
+        }
+        for alg in JWT_ALGORITHMS.iter().filter(|a| !a.starts_with("HS")) {
+            assert_eq!(jwt(jwks(alg)).unwrap().unwrap().algorithm, *alg);
+        }
+    }
+
+    #[test]
+    fn jwt_settings_are_checked_in_sandbox_mode_too() {
+        let raw = RawConfig { sandbox: Some("true".into()), jwt_secret: Some("short".into()), ..RawConfig::default() };
+        assert!(raw.validate().unwrap_err().iter().any(|e| e.setting == "JWT_SECRET"));
     }
 }

@@ -29,11 +29,14 @@
 //! [`voice::bridge`], which relays audio both ways untouched until the call ends.
 
 pub mod app;
+pub mod auth;
 pub mod calls;
 pub mod carrier;
 pub mod config;
+pub mod events;
 pub mod mcp;
 pub mod sandbox;
+pub mod store;
 pub mod switchboard;
 pub mod voice;
 

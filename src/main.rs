@@ -1,4 +1,5 @@
-//! The `voice-call-mcp` command: `serve` runs the server, `check` validates a configuration.
+//! The `voice-call-mcp` command: `serve` runs the server, `check` validates a configuration, `token` mints
+//! a token for the events feed from the configured HMAC secret.
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -17,6 +18,26 @@ enum Command {
     Serve(RawConfig),
     /// Validate the configuration and name every missing or malformed setting.
     Check(RawConfig),
+    /// Mint an access token from JWT_SECRET; prints only the token, so `TOKEN=$(voice-call-mcp token …)` works.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// Space-separated scopes: calls:write, calls:read, events:read.
+    #[arg(long)]
+    scope: String,
+    /// Comma-separated CallSids the token may see [default: all calls].
+    #[arg(long)]
+    calls: Option<String>,
+    /// Seconds until the token expires.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// The token's subject; per-subject limits (open /events streams) count by it.
+    #[arg(long, default_value = "operator")]
+    sub: String,
+    #[command(flatten)]
+    config: RawConfig,
 }
 
 fn main() -> ExitCode {
@@ -38,6 +59,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(raw) => check(&raw),
         Command::Serve(raw) => serve(raw),
+        Command::Token(args) => token(args),
     }
 }
 
@@ -121,8 +143,10 @@ fn serve(raw: RawConfig) -> ExitCode {
             None
         };
         let mcp_url = config.public("/mcp");
+        let events_url = config.public("/events");
         let sandbox = config.sandbox;
-        let state = match AppState::new(config) {
+        let sandbox_token = if sandbox { voice_call_mcp::sandbox::token(&config) } else { None };
+        let state = match AppState::new(config).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -134,8 +158,15 @@ fn serve(raw: RawConfig) -> ExitCode {
             eprintln!(
                 "\nSandbox mode: calls go to a built-in simulator, nothing real is dialed.\n\
                  MCP endpoint: {mcp_url}\n\
-                 Claude Code:  claude mcp add --transport http voice-call {mcp_url}\n"
+                 Claude Code:  claude mcp add --transport http voice-call {mcp_url}"
             );
+            if let Some(token) = sandbox_token {
+                eprintln!(
+                    "Events token (24 h): {token}\n\
+                     Live events:  curl -N -H \"Authorization: Bearer {token}\" {events_url}"
+                );
+            }
+            eprintln!();
         }
         let result = voice_call_mcp::serve(listener, state, shutdown).await;
         if let Some(sim) = simulator {
@@ -171,5 +202,82 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
         Ok(async {
             let _ = tokio::signal::ctrl_c().await;
         })
+    }
+}
+
+/// `token`: mints an HMAC token with the configured secret, issuer and audience. Errors go to stderr as
+/// one line and exit 2; stdout carries the token alone.
+fn token(args: TokenArgs) -> ExitCode {
+    use voice_call_mcp::auth;
+    use voice_call_mcp::config::JwtKey;
+    fn fail(message: impl std::fmt::Display) -> ExitCode {
+        eprintln!("token: {message}");
+        ExitCode::from(2)
+    }
+    const HMAC_ONLY: &str = "JWT_SECRET is not set; the token command only mints HMAC tokens";
+    let known = [auth::SCOPE_CALLS_WRITE, auth::SCOPE_CALLS_READ, auth::SCOPE_EVENTS_READ];
+    let scopes: Vec<&str> = args.scope.split_ascii_whitespace().collect();
+    if scopes.is_empty() {
+        return fail(format!("--scope is empty; give one or more of {}", known.join(" ")));
+    }
+    // A typo ("event:read") would mint a token that is refused later, far from the mistake.
+    if let Some(bad) = scopes.iter().find(|s| !known.contains(s)) {
+        return fail(format!("'{bad}' is not a scope; scopes are {}", known.join(", ")));
+    }
+    let calls = match args.calls.as_deref() {
+        None => None,
+        Some(list) => {
+            let sids: Vec<String> =
+                list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+            if sids.is_empty() {
+                return fail("--calls names no CallSid (leave it out for a token that sees all calls)");
+            }
+            Some(sids)
+        }
+    };
+    if args.ttl == 0 {
+        return fail("--ttl must be at least 1 second");
+    }
+    if args.sub.trim().is_empty() {
+        return fail("--sub is empty");
+    }
+    // Only the JWT settings are validated: minting needs no Twilio or OpenAI credentials, and an unrelated
+    // mistake elsewhere in the configuration should not stop it.
+    let c = &args.config;
+    let jwt_only = RawConfig {
+        sandbox: Some("true".into()),
+        jwt_secret: c.jwt_secret.clone(),
+        jwt_public_key_file: c.jwt_public_key_file.clone(),
+        jwt_jwks_url: c.jwt_jwks_url.clone(),
+        jwt_algorithm: c.jwt_algorithm.clone(),
+        jwt_issuer: c.jwt_issuer.clone(),
+        jwt_audience: c.jwt_audience.clone(),
+        ..RawConfig::default()
+    };
+    let auth = match jwt_only.validate() {
+        Ok(config) => config.auth,
+        Err(errors) => return fail(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),
+    };
+    let Some(auth) = auth else { return fail(HMAC_ONLY) };
+    let JwtKey::Secret(secret) = &auth.key else {
+        return fail(format!("{HMAC_ONLY} (with a public key or JWKS, tokens come from the authorization server)"));
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let claims = auth::Claims {
+        sub: args.sub,
+        exp: now.saturating_add(args.ttl),
+        iat: Some(now),
+        nbf: None,
+        iss: auth.issuer.clone(),
+        aud: auth.audience.clone().map(Into::into),
+        scope: scopes.join(" "),
+        calls,
+    };
+    match auth::mint(secret, &auth.algorithm, &claims) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }

@@ -11,6 +11,7 @@ use crate::calls::{
 };
 use crate::carrier::{rest, twiml};
 use crate::config::{Config, VOICES};
+use crate::events::{CallEvent, EventBus};
 use crate::voice::Voices;
 use crate::voice::bridge::Line;
 use futures::FutureExt;
@@ -62,6 +63,7 @@ pub struct Switchboard {
     calls: Arc<CallRegistry>,
     twilio: rest::TwilioClient,
     voices: Arc<Voices>,
+    events: Arc<EventBus>,
 }
 
 /// What the callee hears if the voice model cannot be reached.
@@ -70,9 +72,18 @@ const APOLOGY: &str = "Sorry, we are having technical difficulties and have to e
 const MAX_CONTEXT_CHARS: usize = 8_000;
 
 impl Switchboard {
-    pub fn new(config: Arc<Config>, calls: Arc<CallRegistry>, voices: Arc<Voices>) -> Result<Self, rest::Error> {
+    pub fn new(
+        config: Arc<Config>,
+        calls: Arc<CallRegistry>,
+        voices: Arc<Voices>,
+        events: Arc<EventBus>,
+    ) -> Result<Self, rest::Error> {
         let twilio = rest::TwilioClient::new(&config.twilio)?;
-        Ok(Self { config, calls, twilio, voices })
+        Ok(Self { config, calls, twilio, voices, events })
+    }
+
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.events
     }
 
     pub fn voices(&self) -> &Arc<Voices> {
@@ -106,7 +117,13 @@ impl Switchboard {
         let created = self.twilio.create_call(&dial).await?;
         let status = CallStatus::parse(&created.status).unwrap_or(CallStatus::Queued);
         let call = Call::new(created.sid, request, CallStatus::Queued, self.config.sandbox);
-        let entry = self.calls.insert(ticket, call, stream_token);
+        let queued = call.clone();
+        let (entry, early) = self.calls.insert(ticket, call, stream_token);
+        // Every call's first event is `queued`; callbacks that beat the REST reply follow in order.
+        self.events.publish(&CallEvent::status(&queued));
+        for (applied, call) in early {
+            self.publish_change(applied, &call);
+        }
         if status != CallStatus::Queued {
             self.record(entry.call_sid(), rest_status(status, None));
         }
@@ -200,18 +217,23 @@ impl Switchboard {
         }
     }
 
-    /// Applies an observation from any edge.
+    /// Applies an observation from any edge, and publishes what changed.
     pub fn record(&self, call_sid: &str, update: CallUpdate) -> UpdateOutcome {
         let outcome = self.calls.update(call_sid, update);
-        if let UpdateOutcome::Applied(applied, call) = &outcome
-            && let Some(status) = applied.status
-        {
-            tracing::info!(call_sid, status = %status, "call status");
-            if status.is_terminal() {
-                tracing::info!(call_sid, duration_secs = ?call.duration_secs, "call ended");
-            }
+        if let UpdateOutcome::Applied(applied, call) = &outcome {
+            self.publish_change(*applied, call);
         }
         outcome
+    }
+
+    fn publish_change(&self, applied: crate::calls::Applied, call: &Call) {
+        let Some(status) = applied.status else { return };
+        tracing::info!(call_sid = %call.call_sid, status = %status, "call status");
+        self.events.publish(&CallEvent::status(call));
+        if status.is_terminal() {
+            tracing::info!(call_sid = %call.call_sid, duration_secs = ?call.duration_secs, "call ended");
+            self.events.publish(&CallEvent::ended(call));
+        }
     }
 }
 
@@ -223,6 +245,10 @@ struct PhoneLine {
 }
 
 impl Line for PhoneLine {
+    fn publish(&self, event: CallEvent) {
+        self.switchboard.events.publish(&event);
+    }
+
     fn hang_up(&self) -> BoxFuture<'_, ()> {
         async move {
             if let Err(e) = self.switchboard.end(&self.call_sid).await {

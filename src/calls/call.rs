@@ -224,24 +224,30 @@ impl Call {
     }
 }
 
+/// A plain request for unit tests across the crate.
+#[cfg(test)]
+pub(crate) fn test_request() -> CallRequest {
+    let number = |n: &str| E164::parse(n).unwrap_or_else(|e| panic!("{e}"));
+    CallRequest {
+        to: number("+14155550100"),
+        from: number("+14155550199"),
+        context: "book a table".into(),
+        first_message: None,
+        voice: None,
+        language: None,
+        record: false,
+        machine_detection: false,
+        max_duration_secs: 600,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn call() -> Call {
-        let request = CallRequest {
-            to: E164::parse("+14155550100").unwrap(),
-            from: E164::parse("+14155550199").unwrap(),
-            context: "book a table".into(),
-            first_message: None,
-            voice: None,
-            language: None,
-            record: false,
-            machine_detection: false,
-            max_duration_secs: 600,
-        };
-        Call::new("CA00000000000000000000000000000001".into(), request, CallStatus::Queued, false)
+        Call::new("CA00000000000000000000000000000001".into(), test_request(), CallStatus::Queued, false)
     }
 
     fn status(status: CallStatus, seq: u32) -> CallUpdate {

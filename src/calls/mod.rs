@@ -7,6 +7,8 @@ mod policy;
 mod registry;
 mod status;
 
+#[cfg(test)]
+pub(crate) use call::test_request;
 pub use call::{Applied, Call, CallError, CallRequest, CallSid, CallUpdate, Speaker, TranscriptLine};
 pub use number::{E164, NumberError};
 pub use policy::{BadPrefix, DestinationPolicy, PolicyError};

@@ -10,6 +10,7 @@
 //! early `initiated` or `ringing` is lost.
 
 use super::{Applied, Call, CallSid, CallStatus, CallUpdate};
+use crate::store::{CallStore, StoredCall};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -42,6 +43,8 @@ pub enum UpdateOutcome {
 #[derive(Debug)]
 pub struct CallRegistry {
     inner: RwLock<Inner>,
+    /// Where every change is saved (queued, never waited on), so history survives a restart.
+    store: Option<Arc<dyn CallStore>>,
     slots: Arc<Semaphore>,
     max_concurrent: usize,
     dials_in_flight: Arc<AtomicUsize>,
@@ -67,6 +70,7 @@ pub struct CallEntry {
     slot: Mutex<Option<OwnedSemaphorePermit>>,
     /// Per-call secret the media stream must present (it rides in the TwiML's `<Parameter>`).
     stream_token: String,
+    store: Option<Arc<dyn CallStore>>,
 }
 
 impl CallEntry {
@@ -97,6 +101,7 @@ impl CallEntry {
             if snapshot.status.is_terminal() {
                 lock(&self.slot).take();
             }
+            self.save(&snapshot);
             self.version.send_modify(|v| *v += 1);
         }
         (applied, snapshot)
@@ -104,9 +109,29 @@ impl CallEntry {
 
     /// Changes the call with `f` (for edges that add to it, e.g. transcript lines) and wakes watchers.
     pub fn modify<R>(&self, f: impl FnOnce(&mut Call) -> R) -> R {
-        let r = f(&mut lock(&self.call));
+        let (r, snapshot) = {
+            let mut call = lock(&self.call);
+            let r = f(&mut call);
+            (r, self.store.as_ref().map(|_| call.clone()))
+        };
+        if let Some(snapshot) = snapshot {
+            self.save(&snapshot);
+        }
         self.version.send_modify(|v| *v += 1);
         r
+    }
+
+    fn save(&self, call: &Call) {
+        let Some(store) = &self.store else { return };
+        match serde_json::to_string(call) {
+            Ok(data) => store.save_call(StoredCall {
+                call_sid: call.call_sid.clone(),
+                data,
+                created_at: call.created_at,
+                updated_at: time::OffsetDateTime::now_utc(),
+            }),
+            Err(e) => tracing::error!(call_sid = %call.call_sid, error = %e, "a call record did not serialize"),
+        }
     }
 }
 
@@ -126,8 +151,13 @@ impl Drop for DialTicket {
 
 impl CallRegistry {
     pub fn new(max_concurrent: usize) -> Self {
+        Self::with_store(max_concurrent, None)
+    }
+
+    pub fn with_store(max_concurrent: usize, store: Option<Arc<dyn CallStore>>) -> Self {
         Self {
             inner: RwLock::default(),
+            store,
             slots: Arc::new(Semaphore::new(max_concurrent)),
             max_concurrent,
             dials_in_flight: Arc::default(),
@@ -152,8 +182,14 @@ impl CallRegistry {
         self.slots.close();
     }
 
-    /// Stores a newly placed call, applies any updates that raced ahead of it, and returns its entry.
-    pub fn insert(&self, mut ticket: DialTicket, call: Call, stream_token: String) -> Arc<CallEntry> {
+    /// Stores a newly placed call and applies any updates that raced ahead of it; returns its entry and
+    /// what each of those updates changed (so the caller can publish them).
+    pub fn insert(
+        &self,
+        mut ticket: DialTicket,
+        call: Call,
+        stream_token: String,
+    ) -> (Arc<CallEntry>, Vec<(Applied, Call)>) {
         let sid = call.call_sid.clone();
         let entry = Arc::new(CallEntry {
             call_sid: sid.clone(),
@@ -161,7 +197,9 @@ impl CallRegistry {
             version: watch::Sender::new(0),
             slot: Mutex::new(ticket.permit.take()),
             stream_token,
+            store: self.store.clone(),
         });
+        entry.save(&lock(&entry.call).clone());
         let early = {
             let mut inner = write(&self.inner);
             inner.calls.insert(sid.clone(), entry.clone());
@@ -174,10 +212,30 @@ impl CallRegistry {
             }
             early
         };
-        for update in early {
-            entry.apply(update);
+        let applied = early.into_iter().map(|update| entry.apply(update)).collect();
+        (entry, applied)
+    }
+
+    /// Puts back calls from a previous run (oldest first), for history. They hold no concurrency slot
+    /// and have no media token: a call still live on Twilio's side keeps getting its status callbacks.
+    pub fn restore(&self, calls: Vec<Call>) {
+        let mut inner = write(&self.inner);
+        for call in calls {
+            let sid = call.call_sid.clone();
+            if inner.calls.contains_key(&sid) {
+                continue;
+            }
+            let entry = Arc::new(CallEntry {
+                call_sid: sid.clone(),
+                call: Mutex::new(call),
+                version: watch::Sender::new(0),
+                slot: Mutex::new(None),
+                stream_token: String::new(),
+                store: self.store.clone(),
+            });
+            inner.calls.insert(sid.clone(), entry);
+            inner.order.push_back(sid);
         }
-        entry
     }
 
     pub fn entry(&self, sid: &str) -> Option<Arc<CallEntry>> {
@@ -274,22 +332,10 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::calls::{CallRequest, E164};
     use time::OffsetDateTime;
 
     fn call(sid: &str) -> Call {
-        let request = CallRequest {
-            to: E164::parse("+14155550100").unwrap(),
-            from: E164::parse("+14155550199").unwrap(),
-            context: "test".into(),
-            first_message: None,
-            voice: None,
-            language: None,
-            record: false,
-            machine_detection: false,
-            max_duration_secs: 60,
-        };
-        Call::new(sid.into(), request, CallStatus::Queued, false)
+        Call::new(sid.into(), crate::calls::test_request(), CallStatus::Queued, false)
     }
 
     fn status(status: CallStatus, seq: u32) -> CallUpdate {
@@ -310,7 +356,7 @@ mod tests {
         assert_eq!(reg.reserve().unwrap_err(), RegistryError::TooManyCalls { max: 2 });
         drop(b); // a dial that failed gives its place back
         let b = reg.reserve().unwrap();
-        let entry = reg.insert(a, call("CA1"), "t".into());
+        let (entry, _) = reg.insert(a, call("CA1"), "t".into());
         reg.insert(b, call("CA2"), "t".into());
         assert_eq!(reg.active_count(), 2);
         assert!(reg.reserve().is_err());
@@ -324,8 +370,9 @@ mod tests {
         let reg = CallRegistry::new(4);
         let ticket = reg.reserve().unwrap();
         assert_eq!(reg.update("CA9", status(CallStatus::Ringing, 1)), UpdateOutcome::Parked);
-        let entry = reg.insert(ticket, call("CA9"), "t".into());
+        let (entry, early) = reg.insert(ticket, call("CA9"), "t".into());
         assert_eq!(entry.snapshot().status, CallStatus::Ringing);
+        assert_eq!(early[0].0.status, Some(CallStatus::Ringing));
         // With nothing in flight, an unknown call is just unknown.
         assert_eq!(reg.update("CA404", status(CallStatus::Ringing, 1)), UpdateOutcome::Unknown);
     }

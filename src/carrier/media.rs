@@ -58,7 +58,9 @@ async fn accept(state: AppState, mut socket: WebSocket) {
     let Some(entry) = state.calls.entry(&call_sid) else {
         return refuse(socket, "unknown call").await;
     };
-    if !bool::from(token.as_bytes().ct_eq(entry.stream_token().as_bytes())) {
+    // A call restored from a previous run has no token: nothing may stream into it.
+    let expected = entry.stream_token();
+    if expected.is_empty() || !bool::from(token.as_bytes().ct_eq(expected.as_bytes())) {
         return refuse(socket, "wrong call token").await;
     }
     let Some(handover) = state.voices.take_twilio(&call_sid) else {

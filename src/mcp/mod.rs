@@ -8,6 +8,7 @@
 // conformance suite checks `logging/setLevel`.
 #![allow(deprecated)]
 
+mod notify;
 mod prompts;
 mod tools;
 
@@ -17,10 +18,11 @@ use rmcp::handler::server::router::prompt::PromptRouter;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::model::{
     Implementation, ListResourceTemplatesResult, ListResourcesResult, LoggingLevel, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate,
-    ServerCapabilities, ServerConfig, SetLevelRequestParams,
+    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource, ResourceContents,
+    ResourceTemplate, ResourceUpdatedNotification, ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig,
+    ServerNotification, SetLevelRequestParams, SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, SessionConfig};
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler, prompt_handler, tool_handler};
@@ -46,12 +48,38 @@ pub struct McpServer {
     routes: Arc<Routes>,
     /// The level a legacy session asked for with `logging/setLevel`.
     log_level: Arc<Mutex<LoggingLevel>>,
+    /// This session's call-event forwarders (legacy sessions only).
+    forwarders: Arc<notify::Forwarders>,
 }
 
 impl McpServer {
     fn new(state: AppState, routes: Arc<Routes>) -> Self {
-        Self { state, routes, log_level: Arc::new(Mutex::new(LoggingLevel::Info)) }
+        Self { state, routes, log_level: Arc::new(Mutex::new(LoggingLevel::Info)), forwarders: Arc::default() }
     }
+
+    /// Pushes a call's events to this session from after event `after`, if the session can be pushed to.
+    fn forward(&self, ctx: &RequestContext<RoleServer>, call_sid: &str, after: u64) {
+        if !has_session(ctx) {
+            return;
+        }
+        let forward = notify::Forward {
+            bus: self.state.events.clone(),
+            after,
+            call_sid: call_sid.to_owned(),
+            peer: ctx.peer.clone(),
+            level: self.log_level.clone(),
+        };
+        self.forwarders.start(&self.state.tasks, &self.state.shutdown, forward);
+    }
+}
+
+/// Whether the request belongs to a session with a stream to push on (the revisions before 2026-07-28).
+fn has_session(ctx: &RequestContext<RoleServer>) -> bool {
+    ctx.protocol_version().is_some_and(|v| v.as_str() < ProtocolVersion::V_2026_07_28.as_str())
+}
+
+fn call_sid_of(uri: &str) -> Option<&str> {
+    uri.strip_prefix("call://").filter(|s| !s.is_empty() && *s != "transcriptions/latest")
 }
 
 /// The `/mcp` service: rmcp's Streamable HTTP transport, configured for a public host.
@@ -93,8 +121,13 @@ fn call_resource(call: &Call) -> Resource {
 #[prompt_handler(router = self.routes.prompts)]
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
-        let capabilities =
-            ServerCapabilities::builder().enable_logging().enable_prompts().enable_resources().enable_tools().build();
+        let capabilities = ServerCapabilities::builder()
+            .enable_logging()
+            .enable_prompts()
+            .enable_resources()
+            .enable_resources_subscribe()
+            .enable_tools()
+            .build();
         ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("voice-call-mcp", env!("CARGO_PKG_VERSION")))
             .with_instructions(INSTRUCTIONS)
@@ -107,6 +140,65 @@ impl ServerHandler for McpServer {
     ) -> Result<(), ErrorData> {
         *self.log_level.lock().unwrap_or_else(|p| p.into_inner()) = request.level;
         Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let sid = call_sid_of(&request.uri)
+            .filter(|sid| self.state.calls.get(sid).is_some())
+            .ok_or_else(|| ErrorData::resource_not_found(format!("no resource {}", request.uri), None))?;
+        self.forward(&context, sid, self.state.events.last_id());
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        if let Some(sid) = call_sid_of(&request.uri) {
+            self.forwarders.stop(sid);
+        }
+        Ok(())
+    }
+
+    /// 2026-07-28 `subscriptions/listen`: `resources/updated` for `call://…` resources only.
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        let calls: Vec<String> = requested
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .filter(|uri| call_sid_of(uri).is_some())
+            .cloned()
+            .collect();
+        let mut accepted = SubscriptionFilter::new();
+        accepted.resource_subscriptions = Some(calls);
+        Some(accepted)
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let uris = context.accepted().resource_subscriptions.clone().unwrap_or_default();
+        let mut follower = self.state.events.follow(None);
+        loop {
+            let event = tokio::select! {
+                e = follower.next() => e,
+                () = context.cancelled() => return Ok(()),
+                () = self.state.shutdown.cancelled() => return Ok(()),
+            };
+            let Ok(event) = event else { return Ok(()) };
+            let uri = format!("call://{}", event.call_sid);
+            if uris.contains(&uri) {
+                let note = ServerNotification::ResourceUpdatedNotification(ResourceUpdatedNotification::new(
+                    ResourceUpdatedNotificationParam::new(uri),
+                ));
+                if context.sink().send(note).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
     }
 
     async fn list_resources(

@@ -9,6 +9,7 @@ use crate::calls::{Call, CallStatus, TranscriptLine};
 use crate::switchboard::PlaceCall;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ProgressNotificationParam, RequestMetaObject};
+use rmcp::service::RequestContext;
 use rmcp::{Json, Peer, RoleServer, tool, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -183,8 +184,11 @@ when the call has ended, with its transcript). Costs money and rings a real phon
         &self,
         Parameters(args): Parameters<TriggerCallArgs>,
         meta: RequestMetaObject,
-        peer: Peer<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<Json<TriggerCallResult>, String> {
+        let peer = ctx.peer.clone();
+        // Events from here on are this call's (or nobody's): a session hears all of them.
+        let before = self.state.events.last_id();
         let wait = args.wait_for_completion.unwrap_or(false);
         let ask = PlaceCall {
             to: args.to_number,
@@ -197,6 +201,7 @@ when the call has ended, with its transcript). Costs money and rings a real phon
             max_duration_secs: args.max_duration_secs,
         };
         let entry = self.state.switchboard.place(ask).await.map_err(|e| e.to_string())?;
+        self.forward(&ctx, entry.call_sid(), before);
         let mut call = entry.snapshot();
         let mut message = format!("Calling {} now.", call.request.to);
         if wait {

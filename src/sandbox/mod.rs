@@ -8,7 +8,8 @@ pub mod realtime;
 pub mod speech;
 pub mod twilio;
 
-use crate::config::{Config, OpenAiAuthHeader};
+use crate::auth::{self, Claims};
+use crate::config::{AuthConfig, Config, JwtKey, OpenAiAuthHeader};
 use rand::Rng;
 use realtime::{RealtimeSimConfig, RealtimeSimulator};
 use std::time::Duration;
@@ -61,5 +62,29 @@ pub async fn start(config: &mut Config, port: u16) -> std::io::Result<Simulators
     config.twilio.auth_token = sim_config.auth_token;
     config.twilio.auth = crate::config::TwilioAuth::AuthToken;
     config.twilio.api_base = url::Url::parse(&sim.base_url()).map_err(std::io::Error::other)?;
+    // No key configured: make one up for this run, so the events feed works out of the box.
+    if config.auth.is_none() {
+        config.auth =
+            Some(AuthConfig { key: JwtKey::Secret(hex(64)), algorithm: "HS256".into(), issuer: None, audience: None });
+    }
     Ok(Simulators { twilio: sim, realtime })
+}
+
+/// A token for the sandbox's events feed (and, later, `/mcp`), valid for a day, when the server holds an
+/// HMAC secret.
+pub fn token(config: &Config) -> Option<String> {
+    let auth = config.auth.as_ref()?;
+    let JwtKey::Secret(secret) = &auth.key else { return None };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    let claims = Claims {
+        sub: "sandbox".into(),
+        exp: now + 86_400,
+        iat: Some(now),
+        nbf: None,
+        iss: auth.issuer.clone(),
+        aud: auth.audience.clone().map(Into::into),
+        scope: [auth::SCOPE_CALLS_WRITE, auth::SCOPE_CALLS_READ, auth::SCOPE_EVENTS_READ].join(" "),
+        calls: None,
+    };
+    auth::mint(secret, &auth.algorithm, &claims).ok()
 }

@@ -17,6 +17,7 @@ use super::events::{self, ClientEvent, InputContent, Item, ServerEvent};
 use super::session;
 use crate::calls::{CallEntry, CallError, Speaker, TranscriptLine};
 use crate::carrier::stream::{self, Inbound, MarkName, Outbound};
+use crate::events::CallEvent;
 use futures::future::BoxFuture;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use std::collections::VecDeque;
@@ -34,35 +35,28 @@ pub trait WsMessage: Sized + Send {
     fn is_close(&self) -> bool;
 }
 
-impl WsMessage for axum::extract::ws::Message {
-    fn text(s: String) -> Self {
-        Self::Text(s.into())
-    }
-    fn as_text(&self) -> Option<&str> {
-        match self {
-            Self::Text(t) => Some(t.as_str()),
-            _ => None,
+/// axum's and tungstenite's `Message` have the same shape; one body serves both.
+macro_rules! ws_message {
+    ($ty:ty) => {
+        impl WsMessage for $ty {
+            fn text(s: String) -> Self {
+                Self::Text(s.into())
+            }
+            fn as_text(&self) -> Option<&str> {
+                match self {
+                    Self::Text(t) => Some(t.as_str()),
+                    _ => None,
+                }
+            }
+            fn is_close(&self) -> bool {
+                matches!(self, Self::Close(_))
+            }
         }
-    }
-    fn is_close(&self) -> bool {
-        matches!(self, Self::Close(_))
-    }
+    };
 }
 
-impl WsMessage for tokio_tungstenite::tungstenite::Message {
-    fn text(s: String) -> Self {
-        Self::Text(s.into())
-    }
-    fn as_text(&self) -> Option<&str> {
-        match self {
-            Self::Text(t) => Some(t.as_str()),
-            _ => None,
-        }
-    }
-    fn is_close(&self) -> bool {
-        matches!(self, Self::Close(_))
-    }
-}
+ws_message!(axum::extract::ws::Message);
+ws_message!(tokio_tungstenite::tungstenite::Message);
 
 /// A socket: messages in, messages out.
 pub trait Socket:
@@ -84,6 +78,8 @@ where
 
 /// What the bridge asks of the world outside the two sockets.
 pub trait Line: Send + Sync {
+    /// Publish an event about this call (transcript lines, key presses, errors). Never waits.
+    fn publish(&self, event: CallEvent);
     /// Hang the call up (REST).
     fn hang_up(&self) -> BoxFuture<'_, ()>;
     /// Tell the callee something went wrong and hang up, without the voice model.
@@ -349,6 +345,11 @@ where
             Ok(Inbound::Dtmf { dtmf, .. }) => {
                 tracing::info!(call_sid = %self.entry.call_sid(), digit = %dtmf.digit, "keypad digit");
                 self.entry.modify(|c| c.dtmf.push(dtmf.digit.clone()));
+                self.line.publish(CallEvent::Dtmf {
+                    call_sid: self.entry.call_sid().to_owned(),
+                    digit: dtmf.digit,
+                    timestamp: OffsetDateTime::now_utc(),
+                });
                 Flow::Continue
             }
             Ok(Inbound::Stop { .. }) => Flow::End,
@@ -437,7 +438,13 @@ where
             return;
         }
         let line = TranscriptLine { speaker, text: text.to_owned(), timestamp: OffsetDateTime::now_utc() };
-        self.entry.modify(|c| c.transcript.push(line));
+        self.entry.modify(|c| c.transcript.push(line.clone()));
+        self.line.publish(CallEvent::Transcription {
+            call_sid: self.entry.call_sid().to_owned(),
+            transcription: line.text,
+            speaker,
+            timestamp: line.timestamp,
+        });
     }
 
     async fn on_realtime(&mut self, event: Option<Result<R::Msg, R::ReadError>>) -> Flow {
@@ -639,7 +646,7 @@ where
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::calls::{Call, CallRegistry, CallRequest, CallStatus, E164};
+    use crate::calls::{Call, CallRegistry, CallStatus};
     use futures::channel::mpsc as chan;
     use std::pin::Pin;
     use std::sync::Mutex;
@@ -700,6 +707,7 @@ mod tests {
     #[derive(Default)]
     struct Recorder(Mutex<Vec<&'static str>>);
     impl Line for Arc<Recorder> {
+        fn publish(&self, _event: CallEvent) {}
         fn hang_up(&self) -> BoxFuture<'_, ()> {
             self.0.lock().unwrap().push("hang_up");
             Box::pin(async {})
@@ -712,19 +720,8 @@ mod tests {
 
     fn entry() -> Arc<CallEntry> {
         let registry = CallRegistry::new(1);
-        let request = CallRequest {
-            to: E164::parse("+14155550100").unwrap(),
-            from: E164::parse("+14155550199").unwrap(),
-            context: "test".into(),
-            first_message: None,
-            voice: None,
-            language: None,
-            record: false,
-            machine_detection: false,
-            max_duration_secs: 600,
-        };
-        let call = Call::new("CA1".into(), request, CallStatus::InProgress, false);
-        registry.insert(registry.reserve().unwrap(), call, "token".into())
+        let call = Call::new("CA1".into(), crate::calls::test_request(), CallStatus::InProgress, false);
+        registry.insert(registry.reserve().unwrap(), call, "token".into()).0
     }
 
     /// 200 ms of µ-law (1600 bytes) as base64.

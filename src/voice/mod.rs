@@ -94,9 +94,7 @@ impl Voices {
                     preopen = None;
                     match opened {
                         Ok(mut socket) => {
-                            let call = entry.snapshot();
-                            let voice = call.request.voice.clone().unwrap_or_else(|| settings.voice.clone());
-                            let update = session::update(session::instructions(&call.request), &voice, &settings.model, call.request.language.as_deref());
+                            let update = session::for_call(&entry.snapshot(), &settings, false);
                             if let Ok(text) = serde_json::to_string(&update)
                                 && socket.send(text.into()).await.is_ok()
                             {

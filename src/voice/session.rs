@@ -1,11 +1,12 @@
 //! What the voice model is told: the call's instructions and the `session.update` that configures a
 //! phone-call session (µ-law both ways, server VAD with barge-in, input transcription, `end_call`).
 
+use super::bridge::SessionSettings;
 use super::events::{
     AudioConfig, AudioFormat, AudioInput, AudioOutput, ClientEvent, FunctionTool, NoiseReduction, Session,
     Transcription, TurnDetection,
 };
-use crate::calls::{CallRequest, Speaker, TranscriptLine};
+use crate::calls::{Call, CallRequest, Speaker, TranscriptLine};
 
 /// The name of the tool the model calls to hang up.
 pub const END_CALL: &str = "end_call";
@@ -61,6 +62,15 @@ pub fn resumed_instructions(request: &CallRequest, transcript: &[TranscriptLine]
     s
 }
 
+/// `session.update` for this call: its instructions (resumed: with the conversation so far), its voice
+/// or the server's, its language.
+pub fn for_call(call: &Call, settings: &SessionSettings, resumed: bool) -> ClientEvent<'static> {
+    let instructions =
+        if resumed { resumed_instructions(&call.request, &call.transcript) } else { instructions(&call.request) };
+    let voice = call.request.voice.as_deref().unwrap_or(&settings.voice);
+    update(instructions, voice, &settings.model, call.request.language.as_deref())
+}
+
 /// `session.update` for a phone call with these instructions.
 pub fn update(instructions: String, voice: &str, model: &str, language: Option<&str>) -> ClientEvent<'static> {
     let pcmu = || AudioFormat { kind: "audio/pcmu".into() };
@@ -102,19 +112,13 @@ pub fn update(instructions: String, voice: &str, model: &str, language: Option<&
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::calls::E164;
 
     fn request() -> CallRequest {
         CallRequest {
-            to: E164::parse("+14155550123").unwrap(),
-            from: E164::parse("+14155550199").unwrap(),
             context: "Book a table for two at 8 pm.".into(),
             first_message: Some("Hi, I'd like to book a table.".into()),
-            voice: None,
             language: Some("es".into()),
-            record: false,
-            machine_detection: false,
-            max_duration_secs: 600,
+            ..crate::calls::test_request()
         }
     }
 

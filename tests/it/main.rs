@@ -4,8 +4,10 @@
 
 mod calls;
 mod cli;
+mod events;
 mod mcp_surface;
 mod rejections;
+mod sse;
 mod support;
 mod voice;
 mod webhooks;

@@ -18,6 +18,8 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 pub const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
 pub const AUTH_TOKEN: &str = "simulated-auth-token";
+/// The HMAC secret test servers validate event-feed tokens with.
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
 
 pub type Client = RunningService<RoleClient, ClientConfig>;
 
@@ -102,10 +104,12 @@ impl TestServer {
             openai_api_key: Some("sk-test".into()),
             openai_realtime_url: Some(realtime.url()),
             shutdown_grace_secs: Some("2".into()),
+            database_url: setup.raw.database_url.clone().or_else(|| Some("sqlite::memory:".into())),
+            jwt_secret: setup.raw.jwt_secret.clone().or_else(|| Some(JWT_SECRET.into())),
             ..setup.raw
         };
         let config = raw.validate().expect("test configuration is valid");
-        let state = AppState::with_timing(config, setup.timing).unwrap();
+        let state = AppState::with_timing(config, setup.timing).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn(voice_call_mcp::serve(listener, state.clone(), async {
             let _ = stopped.await;

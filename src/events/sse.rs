@@ -1,0 +1,326 @@
+//! `GET /events`: the live call-event feed, as Server-Sent Events, for dashboards and back offices.
+//!
+//! Authenticated with a JWT carrying `events:read` (header, cookie, or — for browsers' EventSource, which
+//! cannot set headers — an `access_token` query parameter). A token's `calls` claim limits which calls
+//! it sees; `callSid` (repeatable) and `types` narrow further. `Last-Event-ID` (or `lastEventId` on
+//! first connect) replays what was missed, then continues live.
+//!
+//! Each stream is pumped by its own task into a small bounded queue: a reader that stops reading for
+//! longer than the dispatch timeout, or falls further behind the log than the follower queue holds, is
+//! disconnected with a final comment telling it where to resume — the publisher never waits on it.
+
+use super::{EVENT_TYPES, FollowError, Follower, Published};
+use crate::app::AppState;
+use crate::auth::{self, AuthError, Claims};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Mercure's figure: a subscriber that takes longer than this to accept one event is cut off.
+const DISPATCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames buffered per stream between the pump and the socket.
+const STREAM_QUEUE: usize = 64;
+/// The reconnection delay suggested to EventSource.
+const RETRY_MS: u32 = 3000;
+
+pub fn router(state: &AppState) -> Router<AppState> {
+    let router = Router::new().route("/events", get(events));
+    match cors(&state.config.sse.cors_origins) {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
+}
+
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let headers = [header::AUTHORIZATION, header::HeaderName::from_static("last-event-id")];
+    let layer = CorsLayer::new().allow_methods([axum::http::Method::GET]).allow_headers(headers);
+    if origins.iter().any(|o| o == "*") {
+        return Some(layer.allow_origin(AllowOrigin::any()));
+    }
+    let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    // Credentials (the cookie) only with an explicit list: browsers refuse them with `*`.
+    Some(layer.allow_origin(list).allow_credentials(true))
+}
+
+/// Open streams, in total and per token subject.
+#[derive(Debug, Default)]
+pub struct Connections {
+    per_subject: Mutex<HashMap<String, usize>>,
+}
+
+/// Holds one stream's place; given back when the stream ends.
+#[derive(Debug)]
+struct Slot {
+    connections: Arc<Connections>,
+    subject: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self.connections.per_subject.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.subject) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.subject);
+            }
+        }
+    }
+}
+
+impl Connections {
+    pub fn open(&self) -> usize {
+        self.per_subject.lock().unwrap_or_else(|p| p.into_inner()).values().sum()
+    }
+
+    fn take(self: &Arc<Self>, subject: &str, total: usize, per_subject: usize) -> Result<Slot, Refusal> {
+        let mut map = self.per_subject.lock().unwrap_or_else(|p| p.into_inner());
+        if map.values().sum::<usize>() >= total {
+            return Err(Refusal::Unavailable("too many open event streams; retry later"));
+        }
+        let n = map.entry(subject.to_owned()).or_default();
+        if *n >= per_subject {
+            return Err(Refusal::TooMany("too many open event streams for this token subject"));
+        }
+        *n += 1;
+        Ok(Slot { connections: self.clone(), subject: subject.to_owned() })
+    }
+}
+
+/// Why a stream was not opened; each maps to its status at the edge.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    BadRequest(String),
+    /// 503 with Retry-After: the server is full or not configured for it.
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// 429 with Retry-After: this token subject has too many streams open.
+    #[error("{0}")]
+    TooMany(&'static str),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Refusal::Auth(e) => StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+        };
+        let mut r = (status, format!("{self}\n")).into_response();
+        match &self {
+            Refusal::Auth(e) => {
+                if let Ok(v) = HeaderValue::from_str(&e.www_authenticate(None)) {
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            Refusal::Unavailable(_) | Refusal::TooMany(_) => {
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Refusal::BadRequest(_) => {}
+        }
+        r
+    }
+}
+
+/// What this stream shows.
+#[derive(Debug, Default)]
+struct Filter {
+    call_sids: Vec<String>,
+    types: Vec<String>,
+    /// From the token: the calls it may see (`None` = all).
+    allowed: Option<Vec<String>>,
+}
+
+impl Filter {
+    fn admits(&self, e: &Published) -> bool {
+        (self.call_sids.is_empty() || self.call_sids.contains(&e.call_sid))
+            && (self.types.is_empty() || self.types.contains(&e.kind))
+            && self.allowed.as_ref().is_none_or(|calls| calls.contains(&e.call_sid))
+    }
+}
+
+fn bad_request(message: String) -> Refusal {
+    Refusal::BadRequest(message)
+}
+
+fn parse_query(query: &str, headers: &HeaderMap) -> Result<(Filter, Option<u64>), Refusal> {
+    let mut filter = Filter::default();
+    let mut last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "callSid" => {
+                if v.is_empty() || v.len() > 64 {
+                    return Err(bad_request(format!(
+                        "callSid '{}' is not a call id",
+                        v.chars().take(64).collect::<String>()
+                    )));
+                }
+                filter.call_sids.push(v.into_owned());
+            }
+            "types" => {
+                for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    if !EVENT_TYPES.contains(&t) {
+                        return Err(bad_request(format!(
+                            "unknown event type '{t}'; types are {}",
+                            EVENT_TYPES.join(", ")
+                        )));
+                    }
+                    filter.types.push(t.to_owned());
+                }
+            }
+            // The header wins: a reconnecting EventSource sends both, the header being newer.
+            "lastEventId" if last_event_id.is_none() => last_event_id = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let after = match last_event_id.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(id) => Some(
+            id.parse::<u64>()
+                .map_err(|_| bad_request(format!("Last-Event-ID '{id}' is not an id this server issued")))?,
+        ),
+    };
+    Ok((filter, after))
+}
+
+async fn events(State(state): State<AppState>, request: Request) -> Result<Response, Refusal> {
+    let (parts, _) = request.into_parts();
+    let Some(authenticator) = state.auth.clone() else {
+        return Err(Refusal::Unavailable(
+            "the events feed needs token validation: set JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL",
+        ));
+    };
+    let token = auth::bearer_token(&parts, true).ok_or(AuthError::Missing)?;
+    let claims = authenticator.validate(&token).await?;
+    if !claims.has_scope(auth::SCOPE_EVENTS_READ) {
+        return Err(AuthError::InsufficientScope { needed: auth::SCOPE_EVENTS_READ }.into());
+    }
+    let (mut filter, after) = parse_query(parts.uri.query().unwrap_or(""), &parts.headers)?;
+    filter.allowed = claims.calls.clone();
+    let sse = &state.config.sse;
+    let slot = state.sse_connections.take(&claims.sub, sse.max_connections, sse.max_connections_per_subject)?;
+    let follower = state.events.follow(after);
+    let truncated = match after {
+        Some(after) => state.events.oldest_retained().await.filter(|&oldest| oldest > after + 1),
+        None => None,
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+    let pump =
+        Pump { tx, follower, filter, claims, heartbeat: sse.heartbeat, shutdown: state.shutdown.clone(), _slot: slot };
+    let after_text = after.map(|a| a.to_string());
+    state.tasks.spawn(pump.run(truncated.zip(after_text)));
+    let body = Body::from_stream(tokio_stream_from(rx));
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if truncated.is_some() {
+        h.insert("x-replay-truncated", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Bytes>,
+) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok)))
+}
+
+struct Pump {
+    tx: mpsc::Sender<Bytes>,
+    follower: Follower,
+    filter: Filter,
+    claims: Claims,
+    heartbeat: Duration,
+    shutdown: CancellationToken,
+    _slot: Slot,
+}
+
+fn frame(e: &Published) -> Bytes {
+    let mut s = String::with_capacity(e.data.len() + e.kind.len() + 32);
+    s.push_str("id: ");
+    s.push_str(&e.id.to_string());
+    s.push_str("\nevent: ");
+    s.push_str(&e.kind);
+    s.push_str("\ndata: ");
+    // Compact JSON has no raw newlines, so one `data:` line carries it.
+    s.push_str(&e.data);
+    s.push_str("\n\n");
+    Bytes::from(s)
+}
+
+impl Pump {
+    /// Sends a frame, giving up on a reader that does not take it within the dispatch timeout.
+    async fn send(&self, frame: Bytes) -> bool {
+        matches!(self.tx.send_timeout(frame, DISPATCH_TIMEOUT).await, Ok(()))
+    }
+
+    async fn run(mut self, truncated: Option<(u64, String)>) {
+        let client_id = format!("{:016x}", rand::random::<u64>());
+        let hello = format!(
+            "retry: {RETRY_MS}\n: voice-call-mcp events\n\nevent: connected\ndata: {{\"type\":\"connected\",\"clientId\":\"{client_id}\"}}\n\n"
+        );
+        if !self.send(Bytes::from(hello)).await {
+            return;
+        }
+        if let Some((oldest, requested)) = truncated {
+            let note = format!(
+                "event: replay-truncated\ndata: {{\"type\":\"replay-truncated\",\"lastEventId\":\"{requested}\",\"oldestRetainedId\":\"{oldest}\"}}\n\n"
+            );
+            if !self.send(Bytes::from(note)).await {
+                return;
+            }
+        }
+        let expires = tokio::time::Instant::now() + Duration::from_secs(self.claims.exp.saturating_sub(now_secs()));
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
+        loop {
+            tokio::select! {
+                next = self.follower.next() => match next {
+                    Ok(e) => {
+                        if self.filter.admits(&e) && !self.send(frame(&e)).await {
+                            return;
+                        }
+                    }
+                    Err(FollowError::Lagged) => {
+                        let last = self.follower.last_id();
+                        let note = format!(": too far behind; reconnect with Last-Event-ID: {last}\n\n");
+                        let _ = self.tx.try_send(Bytes::from(note));
+                        return;
+                    }
+                    Err(FollowError::Closed | FollowError::Store) => return,
+                },
+                _ = heartbeat.tick() => {
+                    if !self.send(Bytes::from_static(b": heartbeat\n\n")).await {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep_until(expires) => {
+                    let _ = self.tx.try_send(Bytes::from_static(b": token expired; reconnect with a new token\n\n"));
+                    return;
+                }
+                () = self.tx.closed() => return,
+                () = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
