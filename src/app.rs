@@ -109,7 +109,10 @@ pub fn router(state: AppState) -> Router {
         .merge(media::router())
         .merge(sse::router(&state))
         .nest_service("/mcp", mcp::service(state.clone()))
-        .layer(TraceLayer::new_for_http())
+        // The span names the request by its redacted URI: `access_token` query values never reach a log line.
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<axum::body::Body>| {
+            tracing::info_span!("http", method = %request.method(), uri = %crate::auth::redact_query(request.uri()))
+        }))
         .with_state(state)
 }
 

@@ -145,7 +145,7 @@ fn serve(raw: RawConfig) -> ExitCode {
         let mcp_url = config.public("/mcp");
         let events_url = config.public("/events");
         let sandbox = config.sandbox;
-        let sandbox_token = if sandbox { voice_call_mcp::sandbox::token(&config) } else { None };
+        let sandbox_token = simulator.as_ref().and_then(|s| s.token.clone());
         let state = match AppState::new(config).await {
             Ok(s) => s,
             Err(e) => {

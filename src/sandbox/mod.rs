@@ -20,6 +20,9 @@ use twilio::{SimulatorConfig, TwilioSimulator};
 pub struct Simulators {
     pub twilio: TwilioSimulator,
     pub realtime: RealtimeSimulator,
+    /// A token for the events feed, signed with a secret made up for this run. `None` when the operator
+    /// configured their own key: then a token printed to the log would be a real credential.
+    pub token: Option<String>,
 }
 
 impl Simulators {
@@ -63,16 +66,17 @@ pub async fn start(config: &mut Config, port: u16) -> std::io::Result<Simulators
     config.twilio.auth = crate::config::TwilioAuth::AuthToken;
     config.twilio.api_base = url::Url::parse(&sim.base_url()).map_err(std::io::Error::other)?;
     // No key configured: make one up for this run, so the events feed works out of the box.
+    let mut token = None;
     if config.auth.is_none() {
         config.auth =
             Some(AuthConfig { key: JwtKey::Secret(hex(64)), algorithm: "HS256".into(), issuer: None, audience: None });
+        token = sandbox_token(config);
     }
-    Ok(Simulators { twilio: sim, realtime })
+    Ok(Simulators { twilio: sim, realtime, token })
 }
 
-/// A token for the sandbox's events feed (and, later, `/mcp`), valid for a day, when the server holds an
-/// HMAC secret.
-pub fn token(config: &Config) -> Option<String> {
+/// A token for the sandbox's events feed (and, later, `/mcp`), valid for a day.
+fn sandbox_token(config: &Config) -> Option<String> {
     let auth = config.auth.as_ref()?;
     let JwtKey::Secret(secret) = &auth.key else { return None };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();

@@ -486,7 +486,7 @@ impl Connection {
             } else if said.trim().is_empty() {
                 (UNHEARD.to_owned(), false)
             } else {
-                (format!("You said: {said}. Thank you."), false)
+                (format!("You said: {}. Thank you.", said.trim_end_matches(['.', '!', '?'])), false)
             }
         } else if !self.opened {
             (self.opening(), false)

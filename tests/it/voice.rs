@@ -74,7 +74,7 @@ async fn a_call_holds_a_conversation_and_the_model_hangs_up_after_its_goodbye_ha
         [
             (Speaker::Ai, "Hello, this is Ava calling about your opening hours.".into()),
             (Speaker::Human, "Hi, yes, we are open on Sunday.".into()),
-            (Speaker::Ai, "You said: Hi, yes, we are open on Sunday.. Thank you.".into()),
+            (Speaker::Ai, "You said: Hi, yes, we are open on Sunday. Thank you.".into()),
             (Speaker::Human, "Okay, goodbye.".into()),
             (Speaker::Ai, "Goodbye, and thank you!".into()),
         ]
