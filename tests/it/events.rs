@@ -320,3 +320,134 @@ async fn the_feed_refuses_bad_tokens_with_the_right_status_and_accepts_the_three
     assert_eq!(bad_type.status(), 400);
     server.stop().await;
 }
+
+fn token_for(sub: &str, ttl: u64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = Claims {
+        sub: sub.into(),
+        exp: now + ttl,
+        iat: Some(now),
+        nbf: None,
+        iss: None,
+        aud: None,
+        scope: "events:read".into(),
+        calls: None,
+    };
+    auth::mint(JWT_SECRET, "HS256", &claims).unwrap()
+}
+
+#[tokio::test]
+async fn open_streams_are_capped_in_total_and_per_subject() {
+    let raw = RawConfig {
+        sse_max_connections: Some("3".into()),
+        sse_max_connections_per_subject: Some("2".into()),
+        ..RawConfig::default()
+    };
+    let server = TestServer::with(Setup { raw, ..Setup::default() }).await;
+    let url = events_url(&server, "");
+    let http = reqwest::Client::new();
+    let a1 = Sse::open(http.get(&url).bearer_auth(token_for("alice", 600))).await;
+    let a2 = Sse::open(http.get(&url).bearer_auth(token_for("alice", 600))).await;
+    assert_eq!((a1.status, a2.status), (200, 200));
+    let a3 = http.get(&url).bearer_auth(token_for("alice", 600)).send().await.unwrap();
+    assert_eq!(a3.status(), 429, "a third stream for one subject");
+    assert!(a3.headers().contains_key("retry-after"));
+    let b1 = Sse::open(http.get(&url).bearer_auth(token_for("bob", 600))).await;
+    assert_eq!(b1.status, 200);
+    let b2 = http.get(&url).bearer_auth(token_for("bob", 600)).send().await.unwrap();
+    assert_eq!(b2.status(), 503, "a fourth stream in total");
+    assert!(b2.headers().contains_key("retry-after"));
+    // A closed stream gives its place back.
+    drop(a1);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.state.sse_connections.open() > 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the closed stream's place was never given back");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let again = Sse::open(http.get(&url).bearer_auth(token_for("alice", 600))).await;
+    assert_eq!(again.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_stream_closes_when_its_token_expires() {
+    let server = TestServer::start().await;
+    let mut feed = subscribe(&server, "", &token_for("short-lived", 1)).await;
+    assert_eq!(feed.next().await.unwrap().event, "connected");
+    assert_eq!(feed.next().await, None, "the stream ended at the token's expiry");
+    assert!(feed.comments.lock().unwrap().iter().any(|c| c.contains("token expired")));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn resuming_from_before_retention_says_so() {
+    let dir = std::env::temp_dir().join(format!("vcm-retention-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let url = format!("sqlite://{}/events.db", dir.display());
+    let raw = |count: &str| RawConfig {
+        database_url: Some(url.clone()),
+        event_retention_count: Some(count.into()),
+        ..RawConfig::default()
+    };
+    let server = TestServer::with(Setup { raw: raw("1000"), ..Setup::default() }).await;
+    for i in 0..20 {
+        server.state.events.publish(&CallEvent::Dtmf {
+            call_sid: "CA1".into(),
+            digit: (i % 10).to_string(),
+            timestamp: time::OffsetDateTime::now_utc(),
+        });
+    }
+    server.stop().await;
+    // Restarted keeping only the newest 5 events.
+    let server = TestServer::with(Setup { raw: raw("5"), ..Setup::default() }).await;
+    let mut feed = Sse::open(
+        reqwest::Client::new()
+            .get(events_url(&server, ""))
+            .bearer_auth(token("events:read", None, 600))
+            .header("Last-Event-ID", "2"),
+    )
+    .await;
+    assert_eq!(feed.headers["x-replay-truncated"], "true");
+    assert_eq!(feed.next().await.unwrap().event, "connected");
+    let note = feed.next().await.unwrap();
+    assert_eq!(note.event, "replay-truncated");
+    assert_eq!(note.json()["lastEventId"], "2");
+    assert_eq!(note.json()["oldestRetainedId"], "16");
+    let mut replayed = Vec::new();
+    for _ in 0..5 {
+        replayed.push(feed.next().await.unwrap().id.unwrap());
+    }
+    assert_eq!(replayed, ["16", "17", "18", "19", "20"]);
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+#[allow(deprecated)] // resources/subscribe is how 2025-11-25 sessions follow a resource
+async fn a_session_that_subscribes_to_a_call_hears_its_events() {
+    let server = TestServer::with(Setup { talk_time: None, media: true, ..Setup::default() }).await;
+    let placer = server.client(Era::Stateless).await;
+    let placed = call_tool(&placer, "trigger-call", json!({"toNumber": "+14155550123", "callContext": "x"})).await;
+    let sid = ok(&placed)["callSid"].as_str().unwrap().to_owned();
+    let (watcher, mut heard) = listening_client(&server.base).await;
+    watcher.subscribe(rmcp::model::SubscribeRequestParams::new(format!("call://{sid}"))).await.unwrap();
+    let mut kinds = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, heard.recv()).await.unwrap().unwrap() {
+            Heard::Log(data) => {
+                assert_eq!(data["callSid"], sid.as_str());
+                kinds.push(data["type"].as_str().unwrap().to_owned());
+                if data["type"] == "call-ended" {
+                    break;
+                }
+            }
+            Heard::Updated(uri) => assert_eq!(uri, format!("call://{sid}")),
+        }
+    }
+    assert!(kinds.iter().any(|k| k == "transcription"), "{kinds:?}");
+    let unknown = watcher.subscribe(rmcp::model::SubscribeRequestParams::new("call://CAnope")).await;
+    assert!(unknown.is_err(), "subscribing to an unknown call is an error");
+    watcher.cancel().await.unwrap();
+    placer.cancel().await.unwrap();
+    server.stop().await;
+}
