@@ -1,7 +1,7 @@
 //! Everything that happens on a call reaches whoever follows it: `/events` subscribers (with replay)
 //! and the MCP session that placed the call, long after the tool returned.
 
-use crate::sse::{Frame, Heard, Sse, listening_client};
+use crate::sse::{Frame, Heard, Sse, listening_client, listening_stateless_client};
 use crate::support::*;
 use serde_json::json;
 use voice_call_mcp::RawConfig;
@@ -92,6 +92,7 @@ async fn a_call_is_followed_live_on_events_and_by_the_mcp_session_that_placed_it
                 assert_eq!(uri, format!("call://{sid}"));
                 updated += 1;
             }
+            Heard::Progress(_) => {}
         }
     }
     let sse_data: Vec<serde_json::Value> = frames.iter().map(Frame::json).collect();
@@ -442,6 +443,7 @@ async fn a_session_that_subscribes_to_a_call_hears_its_events() {
                 }
             }
             Heard::Updated(uri) => assert_eq!(uri, format!("call://{sid}")),
+            Heard::Progress(_) => {}
         }
     }
     assert!(kinds.iter().any(|k| k == "transcription"), "{kinds:?}");
@@ -449,5 +451,41 @@ async fn a_session_that_subscribes_to_a_call_hears_its_events() {
     assert!(unknown.is_err(), "subscribing to an unknown call is an error");
     watcher.cancel().await.unwrap();
     placer.cancel().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stateless_client_waiting_for_a_call_gets_progress_then_the_outcome() {
+    let server = TestServer::with(Setup { talk_time: None, media: true, ..Setup::default() }).await;
+    let (client, mut heard) = listening_stateless_client(&server.base).await;
+    let placed = client
+        .call_tool(
+            rmcp::model::CallToolRequestParams::new("trigger-call")
+                .with_arguments(json!({"toNumber": "+14155550123", "callContext": "x"}).as_object().cloned().unwrap()),
+        )
+        .await
+        .unwrap();
+    let sid = ok(&placed)["callSid"].as_str().unwrap().to_owned();
+    let done = client
+        .call_tool(
+            rmcp::model::CallToolRequestParams::new("wait-for-call")
+                .with_arguments(json!({"callSid": sid}).as_object().cloned().unwrap()),
+        )
+        .await
+        .unwrap();
+    let done = ok(&done);
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["transcript"].as_array().unwrap().len(), 5);
+    // While it blocked, the call's progress streamed on the request's own response.
+    let mut progress = Vec::new();
+    while let Ok(h) = heard.try_recv() {
+        if let Heard::Progress(message) = h {
+            progress.push(message);
+        }
+    }
+    assert!(progress.iter().any(|m| m.starts_with("call ")), "status changes: {progress:?}");
+    assert!(progress.iter().any(|m| m.starts_with("human: ")), "the callee's words: {progress:?}");
+    assert!(progress.iter().any(|m| m.starts_with("ai: ")), "the AI's words: {progress:?}");
+    client.cancel().await.unwrap();
     server.stop().await;
 }

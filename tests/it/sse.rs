@@ -3,7 +3,10 @@
 #![allow(deprecated)]
 
 use futures::StreamExt;
-use rmcp::model::{ClientConfig, LoggingMessageNotificationParam, ResourceUpdatedNotificationParam};
+use rmcp::model::{
+    ClientConfig, LoggingMessageNotificationParam, ProgressNotificationParam, ProtocolVersion,
+    ResourceUpdatedNotificationParam,
+};
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt, NotificationContext, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, RoleClient};
@@ -116,6 +119,7 @@ impl Sse {
 pub enum Heard {
     Log(serde_json::Value),
     Updated(String),
+    Progress(String),
 }
 
 #[derive(Clone)]
@@ -129,6 +133,9 @@ impl ClientHandler for Listener {
     async fn on_resource_updated(&self, params: ResourceUpdatedNotificationParam, _: NotificationContext<RoleClient>) {
         let _ = self.0.send(Heard::Updated(params.uri));
     }
+    async fn on_progress(&self, params: ProgressNotificationParam, _: NotificationContext<RoleClient>) {
+        let _ = self.0.send(Heard::Progress(params.message.unwrap_or_default()));
+    }
     fn get_info(&self) -> ClientConfig {
         ClientConfig::default()
     }
@@ -136,9 +143,22 @@ impl ClientHandler for Listener {
 
 /// A 2025-11-25 session whose notifications land in the returned receiver.
 pub async fn listening_client(base: &str) -> (RunningService<RoleClient, Listener>, mpsc::UnboundedReceiver<Heard>) {
+    listening(base, ClientLifecycleMode::Initialize).await
+}
+
+/// A stateless 2026-07-28 client whose notifications (progress, on a request's own stream) land in the receiver.
+pub async fn listening_stateless_client(
+    base: &str,
+) -> (RunningService<RoleClient, Listener>, mpsc::UnboundedReceiver<Heard>) {
+    listening(base, ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] }).await
+}
+
+async fn listening(
+    base: &str,
+    lifecycle: ClientLifecycleMode,
+) -> (RunningService<RoleClient, Listener>, mpsc::UnboundedReceiver<Heard>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let transport = StreamableHttpClientTransport::from_uri(format!("{base}/mcp"));
-    let client =
-        Listener(tx).serve_with_lifecycle(transport, ClientLifecycleMode::Initialize).await.expect("a session starts");
+    let client = Listener(tx).serve_with_lifecycle(transport, lifecycle).await.expect("the client connects");
     (client, rx)
 }
