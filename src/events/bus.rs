@@ -16,17 +16,26 @@ use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
 /// An event as followers receive it: its id and its JSON, serialized once for everyone.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct Published {
     pub id: u64,
     pub call_sid: String,
     pub kind: String,
     pub data: Arc<str>,
+    /// The event as an edge puts it on the wire (an SSE frame), encoded by the first follower that needs
+    /// it and shared by all the others: a thousand subscribers cost one encoding, not a thousand.
+    pub wire: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl Published {
+    fn new(id: u64, call_sid: String, kind: String, data: Arc<str>) -> Self {
+        Self { id, call_sid, kind, data, wire: std::sync::OnceLock::new() }
+    }
 }
 
 impl From<StoredEvent> for Published {
     fn from(e: StoredEvent) -> Self {
-        Self { id: e.id, call_sid: e.call_sid.unwrap_or_default(), kind: e.kind, data: e.data.into() }
+        Self::new(e.id, e.call_sid.unwrap_or_default(), e.kind, e.data.into())
     }
 }
 
@@ -88,7 +97,7 @@ impl EventBus {
             let mut ring = self.ring();
             let id = ring.next_id;
             ring.next_id += 1;
-            let p = Arc::new(Published { id, call_sid, kind: kind.to_owned(), data });
+            let p = Arc::new(Published::new(id, call_sid, kind.to_owned(), data));
             if ring.recent.len() == ring.capacity {
                 ring.recent.pop_front();
             }

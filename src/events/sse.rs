@@ -293,7 +293,7 @@ impl Pump {
             tokio::select! {
                 next = self.follower.next() => match next {
                     Ok(e) => {
-                        if self.filter.admits(&e) && !self.send(frame(&e)).await {
+                        if self.filter.admits(&e) && !self.send(e.wire.get_or_init(|| frame(&e)).clone()).await {
                             return;
                         }
                     }
