@@ -156,6 +156,10 @@ pub async fn serve(
             token.cancel();
         }
     };
+    // No Nagle: a Twilio mark must not wait behind the ACK of the audio before it.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(drain).into_future();
     let grace = state.config.shutdown_grace;
     let result = tokio::select! {

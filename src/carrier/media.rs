@@ -10,7 +10,7 @@ use super::signature;
 use super::stream::{self, Inbound};
 use crate::app::AppState;
 use crate::voice::bridge::TwilioLink;
-use crate::voice::client::{WS_READ_BUFFER, WS_WRITE_BUFFER};
+use crate::voice::client::{TWILIO_READ_BUFFER, WS_WRITE_BUFFER};
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
@@ -36,7 +36,7 @@ async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebSocke
         tracing::warn!("media stream refused: bad or missing X-Twilio-Signature");
         return (StatusCode::FORBIDDEN, "invalid X-Twilio-Signature\n").into_response();
     }
-    ws.read_buffer_size(WS_READ_BUFFER)
+    ws.read_buffer_size(TWILIO_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
         .max_message_size(MAX_FRAME)
         .on_upgrade(move |socket| accept(state, socket))

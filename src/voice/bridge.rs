@@ -218,7 +218,11 @@ pub async fn run<T, R, L>(
         // The session was configured while the phone rang; the callee has answered: the AI speaks first.
         b.send_rt(&ClientEvent::ResponseCreate { response: None }).await;
     }
-    let shutdown_seen = shutdown.clone();
+    // Pinned once: re-creating `cancelled()` every iteration registers and removes a waiter on the
+    // shutdown token every frame, the one lock all calls would otherwise share on the audio path.
+    let shutdown_seen = shutdown.cancelled();
+    tokio::pin!(shutdown_seen);
+    let mut draining = false;
     loop {
         // Biased, Twilio first: a mark echo already received must be counted before a `speech_started`
         // that arrived at the same time on the other socket, or the truncation would undercount what the
@@ -241,7 +245,8 @@ pub async fn run<T, R, L>(
                 b.line.hang_up().await;
                 Flow::End
             }
-            () = shutdown_seen.cancelled(), if b.hang_up_deadline.is_none() => {
+            () = &mut shutdown_seen, if !draining && b.hang_up_deadline.is_none() => {
+                draining = true;
                 b.wrap_up("The service is shutting down. Politely tell the person you have to end the call now, say goodbye, then call end_call.").await
             }
         };
@@ -477,7 +482,9 @@ where
                 self.item_received += bytes;
                 stream::write_media(&mut self.out, &self.stream_sid, &delta);
                 let media = std::mem::replace(&mut self.out, String::with_capacity(512));
-                if !self.send_twilio(media).await {
+                // Fed, not flushed: the mark below goes out in the same write.
+                if let Err(e) = self.twilio.feed(T::Msg::text(media)).await {
+                    tracing::debug!(call_sid = %self.entry.call_sid(), error = %e, "twilio socket write failed");
                     return Flow::End;
                 }
                 self.next_mark += 1;

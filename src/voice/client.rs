@@ -13,8 +13,10 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub type RealtimeSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Socket buffers for audio relays: frames are a few hundred bytes to a few KiB.
-pub const WS_READ_BUFFER: usize = 8 * 1024;
+/// Socket read buffers, sized to the frames: tungstenite zero-fills the whole buffer before every read,
+/// so a large one costs CPU on each frame. Realtime events are a few KiB; Twilio frames under 0.5 KiB.
+pub const WS_READ_BUFFER: usize = 4 * 1024;
+pub const TWILIO_READ_BUFFER: usize = 2 * 1024;
 pub const WS_WRITE_BUFFER: usize = 8 * 1024;
 /// Realtime messages are small; a 1 MiB cap stops a runaway peer from ballooning memory.
 const MAX_MESSAGE: usize = 1024 * 1024;
