@@ -9,9 +9,17 @@ use voice_call_mcp::auth::{self, Claims};
 use voice_call_mcp::events::CallEvent;
 
 fn token(scope: &str, calls: Option<Vec<String>>, ttl: u64) -> String {
+    mint("dashboard", scope, calls, ttl)
+}
+
+fn token_for(sub: &str, ttl: u64) -> String {
+    mint(sub, "events:read", None, ttl)
+}
+
+fn mint(sub: &str, scope: &str, calls: Option<Vec<String>>, ttl: u64) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let claims = Claims {
-        sub: "dashboard".into(),
+        sub: sub.into(),
         exp: now + ttl,
         iat: Some(now),
         nbf: None,
@@ -320,21 +328,6 @@ async fn the_feed_refuses_bad_tokens_with_the_right_status_and_accepts_the_three
     let bad_type = http.get(format!("{url}?types=gossip")).bearer_auth(&good).send().await.unwrap();
     assert_eq!(bad_type.status(), 400);
     server.stop().await;
-}
-
-fn token_for(sub: &str, ttl: u64) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let claims = Claims {
-        sub: sub.into(),
-        exp: now + ttl,
-        iat: Some(now),
-        nbf: None,
-        iss: None,
-        aud: None,
-        scope: "events:read".into(),
-        calls: None,
-    };
-    auth::mint(JWT_SECRET, "HS256", &claims).unwrap()
 }
 
 #[tokio::test]
