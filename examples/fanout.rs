@@ -40,11 +40,17 @@
 //! Exit status: 0 when every target was met and nothing was lost, 1 when a target was missed or an
 //! event lost, 2 when the run could not be set up.
 
+#[path = "support/process.rs"]
+mod process;
+
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Parser;
+use process::{
+    ServerProcess, clean_command, clock_ticks, free_port, open_file_limit, page_size, system_ticks, warn_if_stale,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Semaphore, mpsc};
@@ -623,7 +629,7 @@ async fn run_idle(args: &Args, subs: usize) -> Result<IdleReport> {
     }
     let port = free_port()?;
     let log = std::env::temp_dir().join(format!("fanout-server-{port}.log"));
-    let server = ServerProcess::spawn(&bin, port, &log, subs, &args.server_env)?;
+    let server = spawn_server(&bin, port, &log, subs, &args.server_env)?;
     let pid = server.pid();
     let base = format!("http://127.0.0.1:{port}");
     wait_healthy(&base, &server).await?;
@@ -1053,53 +1059,18 @@ fn percentile_ms(sorted_ns: &[u64], p: f64) -> f64 {
 // ---------------------------------------------------------------------------------------------------
 
 /// The server under test; killed when dropped (at the end of the run, and on any error).
-struct ServerProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl ServerProcess {
-    fn spawn(bin: &Path, port: u16, log: &Path, subs: usize, extra_env: &[String]) -> Result<Self> {
-        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let max = (subs + 100).max(20_000).to_string();
-        let child = Command::new(bin)
-            .args(["serve", "--sandbox", "--port", &port.to_string()])
-            // Nothing from this shell (or a .env in the working directory) leaks into the server's config.
-            .env_clear()
-            .current_dir(std::env::temp_dir())
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("BIND", "127.0.0.1")
-            .env("JWT_SECRET", SECRET)
-            .env("SSE_MAX_CONNECTIONS", &max)
-            .env("SSE_MAX_CONNECTIONS_PER_SUBJECT", &max)
-            .env("SSE_HEARTBEAT_INTERVAL", "30000")
-            .env("RUST_LOG", "warn")
-            .envs(extra_env.iter().filter_map(|kv| kv.split_once('=')))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        Ok(Self { child, log: log.to_owned() })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn spawn_server(bin: &Path, port: u16, log: &Path, subs: usize, extra_env: &[String]) -> Result<ServerProcess> {
+    let max = (subs + 100).max(20_000).to_string();
+    let mut cmd = clean_command(bin);
+    cmd.args(["serve", "--sandbox", "--port", &port.to_string()])
+        .env("BIND", "127.0.0.1")
+        .env("JWT_SECRET", SECRET)
+        .env("SSE_MAX_CONNECTIONS", &max)
+        .env("SSE_MAX_CONNECTIONS_PER_SUBJECT", &max)
+        .env("SSE_HEARTBEAT_INTERVAL", "30000")
+        .env("RUST_LOG", "warn")
+        .envs(extra_env.iter().filter_map(|kv| kv.split_once('=')));
+    ServerProcess::start(cmd, log)
 }
 
 async fn wait_healthy(base: &str, server: &ServerProcess) -> Result<()> {
@@ -1118,32 +1089,6 @@ async fn wait_healthy(base: &str, server: &ServerProcess) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("the server did not become healthy; its log ({}) ends:\n{}", server.log.display(), server.log_tail())
-}
-
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-fn warn_if_stale(bin: &Path) {
-    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else { return };
-    let newest = newest_mtime(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
-    if newest.is_some_and(|t| t > built) {
-        eprintln!(
-            "warning: {} is older than the newest file in src/: run `cargo build --release` first",
-            bin.display()
-        );
-    }
-}
-
-fn newest_mtime(dir: &Path) -> Option<SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let t = if path.is_dir() { newest_mtime(&path) } else { entry.metadata().and_then(|m| m.modified()).ok() };
-        newest = newest.max(t);
-    }
-    newest
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1238,39 +1183,4 @@ fn thread_cpu() -> ThreadCpu {
         }
     }
     cpu
-}
-
-/// (busy, total) clock ticks of the whole machine, all CPUs.
-fn system_ticks() -> Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat.lines().next().ok_or_else(|| anyhow!("/proc/stat is empty"))?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|s| s.parse().ok()).collect();
-    let get = |i: usize| v.get(i).copied().unwrap_or(0);
-    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
-    Ok((busy, busy + get(3) + get(4)))
-}
-
-fn getconf(name: &str, default: u64) -> u64 {
-    Command::new("getconf")
-        .arg(name)
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(default)
-}
-
-fn clock_ticks() -> u64 {
-    getconf("CLK_TCK", 100)
-}
-
-fn page_size() -> u64 {
-    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *PAGE.get_or_init(|| getconf("PAGESIZE", 4096))
-}
-
-fn open_file_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
 }

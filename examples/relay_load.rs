@@ -39,6 +39,9 @@
 //! Exit status: 0 when every frame arrived in order on the right call, 1 when anything was lost,
 //! reordered or misrouted, 2 when the run could not be set up.
 
+#[path = "support/process.rs"]
+mod process;
+
 use anyhow::{Context as _, Result, anyhow, bail};
 use axum::extract::{Form, Path as UrlPath, State};
 use axum::http::StatusCode;
@@ -47,6 +50,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
+use process::{
+    ServerProcess, clean_command, clock_ticks, free_port, open_file_limit, proc_cpu_ticks, rss_kib, system_ticks,
+    warn_if_stale,
+};
 use rmcp::model::{CallToolRequestParams, ClientConfig, ProtocolVersion};
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
 use rmcp::transport::StreamableHttpClientTransport;
@@ -55,10 +62,10 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
@@ -650,7 +657,7 @@ async fn run_once(args: &Args, bin: &Path, run: u32) -> Result<Report> {
     // The server under test.
     let port = free_port()?;
     let log = std::env::temp_dir().join(format!("relay_load-server-{}-run{run}.log", std::process::id()));
-    let mut server = ServerProcess::spawn(args, bin, (port, stub_port, rt_port), &log)?;
+    let mut server = spawn_server(args, bin, (port, stub_port, rt_port), &log)?;
     let pid = server.pid();
     let base = format!("http://127.0.0.1:{port}");
     wait_healthy(&base, &server, args.floor).await?;
@@ -902,77 +909,39 @@ impl Drop for AbortOnDrop {
 // ---------------------------------------------------------------------------------------------------
 
 /// The server under test; killed when dropped (at the end of a run, and on any error).
-struct ServerProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl ServerProcess {
-    /// `ports`: the server's own, the Twilio REST stub's and the fake Realtime's.
-    fn spawn(args: &Args, bin: &Path, ports: (u16, u16, u16), log: &Path) -> Result<Self> {
-        let (port, stub_port, rt_port) = ports;
-        let (calls, extra_env, floor) = (args.calls, &args.server_env, args.floor);
-        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let mut cmd = if floor {
-            let mut cmd = Command::new(std::env::current_exe()?);
-            cmd.arg("--relay-port")
-                .arg(port.to_string())
-                .arg("--floor-mark-every")
-                .arg(args.floor_mark_every.to_string())
-                .args(args.floor_batch.then_some("--floor-batch"))
-                .arg("--relay-realtime")
-                .arg(format!("ws://127.0.0.1:{rt_port}/v1/realtime"));
-            cmd
-        } else {
-            let mut cmd = Command::new(bin);
-            cmd.arg("serve");
-            cmd
-        };
-        // Nothing from this shell (or a .env in the working directory) leaks into the server's config.
-        cmd.env_clear()
-            .current_dir(std::env::temp_dir())
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("PUBLIC_URL", format!("http://127.0.0.1:{port}"))
-            .env("PORT", port.to_string())
-            .env("BIND", "127.0.0.1")
-            .env("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
-            .env("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
-            .env("TWILIO_NUMBER", "+15005550006")
-            .env("TWILIO_API_BASE", format!("http://127.0.0.1:{stub_port}"))
-            .env("OPENAI_API_KEY", "sk-relay-load")
-            .env("OPENAI_REALTIME_URL", format!("ws://127.0.0.1:{rt_port}/v1/realtime"))
-            .env("MAX_CONCURRENT_CALLS", (calls + 10).to_string())
-            .env("MAX_CALL_DURATION_SECS", "3600")
-            .env("RUST_LOG", "warn")
-            .envs(extra_env.iter().filter_map(|kv| kv.split_once('=')))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
-        Ok(Self { child, log: log.to_owned() })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `ports`: the server's own, the Twilio REST stub's and the fake Realtime's.
+fn spawn_server(args: &Args, bin: &Path, ports: (u16, u16, u16), log: &Path) -> Result<ServerProcess> {
+    let (port, stub_port, rt_port) = ports;
+    let (calls, extra_env, floor) = (args.calls, &args.server_env, args.floor);
+    let mut cmd = if floor {
+        let mut cmd = clean_command(std::env::current_exe()?);
+        cmd.arg("--relay-port")
+            .arg(port.to_string())
+            .arg("--floor-mark-every")
+            .arg(args.floor_mark_every.to_string())
+            .args(args.floor_batch.then_some("--floor-batch"))
+            .arg("--relay-realtime")
+            .arg(format!("ws://127.0.0.1:{rt_port}/v1/realtime"));
+        cmd
+    } else {
+        let mut cmd = clean_command(bin);
+        cmd.arg("serve");
+        cmd
+    };
+    cmd.env("PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+        .env("PORT", port.to_string())
+        .env("BIND", "127.0.0.1")
+        .env("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
+        .env("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+        .env("TWILIO_NUMBER", "+15005550006")
+        .env("TWILIO_API_BASE", format!("http://127.0.0.1:{stub_port}"))
+        .env("OPENAI_API_KEY", "sk-relay-load")
+        .env("OPENAI_REALTIME_URL", format!("ws://127.0.0.1:{rt_port}/v1/realtime"))
+        .env("MAX_CONCURRENT_CALLS", (calls + 10).to_string())
+        .env("MAX_CALL_DURATION_SECS", "3600")
+        .env("RUST_LOG", "warn")
+        .envs(extra_env.iter().filter_map(|kv| kv.split_once('=')));
+    ServerProcess::start(cmd, log)
 }
 
 async fn wait_healthy(base: &str, server: &ServerProcess, floor: bool) -> Result<()> {
@@ -999,83 +968,9 @@ async fn wait_healthy(base: &str, server: &ServerProcess, floor: bool) -> Result
     bail!("the server did not become healthy; its log ({}) ends:\n{}", server.log.display(), server.log_tail())
 }
 
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-fn warn_if_stale(bin: &Path) {
-    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else { return };
-    let newest = newest_mtime(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
-    if newest.is_some_and(|t| t > built) {
-        eprintln!(
-            "warning: {} is older than the newest file in src/: run `cargo build --release` first",
-            bin.display()
-        );
-    }
-}
-
-fn newest_mtime(dir: &Path) -> Option<SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let t = if path.is_dir() { newest_mtime(&path) } else { entry.metadata().and_then(|m| m.modified()).ok() };
-        newest = newest.max(t);
-    }
-    newest
-}
-
 // ---------------------------------------------------------------------------------------------------
 // /proc
 // ---------------------------------------------------------------------------------------------------
-
-/// utime + stime of a process, in clock ticks.
-fn proc_cpu_ticks(stat_path: &str) -> Result<u64> {
-    let stat = std::fs::read_to_string(stat_path).with_context(|| format!("reading {stat_path}"))?;
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("{stat_path}: unexpected format"))?;
-    // After the command name: field 3 (state) is index 0, so utime (14) and stime (15) are 11 and 12.
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("{stat_path}: no utime"))?;
-    let stime: u64 = fields.get(12).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("{stat_path}: no stime"))?;
-    Ok(utime + stime)
-}
-
-/// (busy, total) clock ticks of the whole machine, all CPUs.
-fn system_ticks() -> Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat.lines().next().ok_or_else(|| anyhow!("/proc/stat is empty"))?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|s| s.parse().ok()).collect();
-    let get = |i: usize| v.get(i).copied().unwrap_or(0);
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
-    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
-    Ok((busy, busy + get(3) + get(4)))
-}
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
-}
-
-fn clock_ticks() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100)
-}
-
-fn open_file_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
-}
 
 // ---------------------------------------------------------------------------------------------------
 // Twilio REST stub

@@ -66,13 +66,7 @@ async fn a_call_is_followed_live_on_events_and_by_the_mcp_session_that_placed_it
     assert!(feed.comments.lock().unwrap().iter().any(|c| c == "voice-call-mcp events"), "an initial comment");
 
     let (client, mut heard) = listening_client(&server.base).await;
-    let placed = client
-        .call_tool(
-            rmcp::model::CallToolRequestParams::new("trigger-call")
-                .with_arguments(json!({"toNumber": "+14155550123", "callContext": "x"}).as_object().cloned().unwrap()),
-        )
-        .await
-        .unwrap();
+    let placed = call_tool(&client, "trigger-call", json!({"toNumber": "+14155550123", "callContext": "x"})).await;
     let sid = ok(&placed)["callSid"].as_str().unwrap().to_owned();
 
     let frames = feed.until(|f| f.event == "call-ended").await;
@@ -451,21 +445,9 @@ async fn a_session_that_subscribes_to_a_call_hears_its_events() {
 async fn a_stateless_client_waiting_for_a_call_gets_progress_then_the_outcome() {
     let server = TestServer::with(Setup { talk_time: None, media: true, ..Setup::default() }).await;
     let (client, mut heard) = listening_stateless_client(&server.base).await;
-    let placed = client
-        .call_tool(
-            rmcp::model::CallToolRequestParams::new("trigger-call")
-                .with_arguments(json!({"toNumber": "+14155550123", "callContext": "x"}).as_object().cloned().unwrap()),
-        )
-        .await
-        .unwrap();
+    let placed = call_tool(&client, "trigger-call", json!({"toNumber": "+14155550123", "callContext": "x"})).await;
     let sid = ok(&placed)["callSid"].as_str().unwrap().to_owned();
-    let done = client
-        .call_tool(
-            rmcp::model::CallToolRequestParams::new("wait-for-call")
-                .with_arguments(json!({"callSid": sid}).as_object().cloned().unwrap()),
-        )
-        .await
-        .unwrap();
+    let done = call_tool(&client, "wait-for-call", json!({"callSid": sid})).await;
     let done = ok(&done);
     assert_eq!(done["status"], "completed");
     assert_eq!(done["transcript"].as_array().unwrap().len(), 5);

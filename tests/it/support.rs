@@ -192,7 +192,12 @@ impl TestServer {
     }
 }
 
-pub async fn call_tool(client: &Client, name: &'static str, args: Value) -> CallToolResult {
+/// `tools/call` from any client, whatever handles its notifications.
+pub async fn call_tool<H: rmcp::ClientHandler>(
+    client: &RunningService<RoleClient, H>,
+    name: &'static str,
+    args: Value,
+) -> CallToolResult {
     let args = match args {
         Value::Object(map) => map,
         other => panic!("tool arguments must be an object, got {other}"),

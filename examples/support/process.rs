@@ -1,0 +1,137 @@
+//! What the benchmark examples share: running the server under test as a child process and reading the
+//! kernel's accounting of it (/proc). Each example includes this file with `#[path]`; each uses a subset.
+#![allow(dead_code)]
+
+use anyhow::{Context as _, Result, anyhow};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::SystemTime;
+
+/// The server under test; killed when dropped, so no run leaves one behind.
+pub(crate) struct ServerProcess {
+    child: Child,
+    pub(crate) log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `cmd` (already given its arguments and environment) with stdout and stderr in `log`.
+    pub(crate) fn start(mut cmd: Command, log: &Path) -> Result<Self> {
+        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let child =
+            cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().with_context(|| format!("starting {program}"))?;
+        Ok(Self { child, log: log.to_owned() })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub(crate) fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A command with nothing from this shell (or a `.env` in the working directory) leaking into it.
+pub(crate) fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear().current_dir(std::env::temp_dir()).env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    cmd
+}
+
+pub(crate) fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+pub(crate) fn warn_if_stale(bin: &Path) {
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else { return };
+    let newest = newest_mtime(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    if newest.is_some_and(|t| t > built) {
+        eprintln!(
+            "warning: {} is older than the newest file in src/: run `cargo build --release` first",
+            bin.display()
+        );
+    }
+}
+
+fn newest_mtime(dir: &Path) -> Option<SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() { newest_mtime(&path) } else { entry.metadata().and_then(|m| m.modified()).ok() };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// utime + stime of a process, in clock ticks.
+pub(crate) fn proc_cpu_ticks(stat_path: &str) -> Result<u64> {
+    let stat = std::fs::read_to_string(stat_path).with_context(|| format!("reading {stat_path}"))?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("{stat_path}: unexpected format"))?;
+    // After the command name: field 3 (state) is index 0, so utime (14) and stime (15) are 11 and 12.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("{stat_path}: no utime"))?;
+    let stime: u64 = fields.get(12).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("{stat_path}: no stime"))?;
+    Ok(utime + stime)
+}
+
+/// (busy, total) clock ticks of the whole machine, all CPUs.
+pub(crate) fn system_ticks() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().ok_or_else(|| anyhow!("/proc/stat is empty"))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|s| s.parse().ok()).collect();
+    let get = |i: usize| v.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    Ok((busy, busy + get(3) + get(4)))
+}
+
+pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
+}
+
+fn getconf(name: &str, default: u64) -> u64 {
+    Command::new("getconf")
+        .arg(name)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+pub(crate) fn clock_ticks() -> u64 {
+    getconf("CLK_TCK", 100)
+}
+
+pub(crate) fn page_size() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| getconf("PAGESIZE", 4096))
+}
+
+pub(crate) fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
