@@ -116,6 +116,11 @@ enum IdleKind {
 const IDLE_TARGET_KIB: f64 = 16.0;
 /// Publish → subscriber socket, 99th percentile (ms).
 const P99_TARGET_MS: f64 = 10.0;
+/// The token audience both ends agree on (JWT_AUDIENCE).
+const AUDIENCE: &str = "voice-call-mcp-fanout";
+/// Every subscriber connects from one address with one token: the per-minute limits must not apply.
+const NO_RATE_LIMIT: &str = "100000000";
+
 /// The HMAC secret both ends share (JWT_SECRET needs at least 32 bytes).
 const SECRET: &str = "fanout-benchmark-secret-0123456789abcdef-not-for-production";
 /// Opening one stream: connect, response head, `connected` event.
@@ -513,7 +518,7 @@ fn mint_token() -> Result<String> {
         iat: Some(now),
         nbf: None,
         iss: None,
-        aud: None,
+        aud: Some(AUDIENCE.into()),
         scope: auth::SCOPE_EVENTS_READ.into(),
         calls: None,
     };
@@ -818,6 +823,8 @@ fn run_latency(args: &Args, subs: usize, client_rt: &tokio::runtime::Runtime) ->
                 let raw = RawConfig {
                     sandbox: Some("true".into()),
                     jwt_secret: Some(SECRET.into()),
+                    jwt_audience: Some(AUDIENCE.into()),
+                    rate_limit_events: Some(NO_RATE_LIMIT.into()),
                     sse_max_connections: Some("20000".into()),
                     sse_max_connections_per_subject: Some("20000".into()),
                     sse_heartbeat_interval: Some("30000".into()),
@@ -1065,6 +1072,8 @@ fn spawn_server(bin: &Path, port: u16, log: &Path, subs: usize, extra_env: &[Str
     cmd.args(["serve", "--sandbox", "--port", &port.to_string()])
         .env("BIND", "127.0.0.1")
         .env("JWT_SECRET", SECRET)
+        .env("JWT_AUDIENCE", AUDIENCE)
+        .env("RATE_LIMIT_EVENTS", NO_RATE_LIMIT)
         .env("SSE_MAX_CONNECTIONS", &max)
         .env("SSE_MAX_CONNECTIONS_PER_SUBJECT", &max)
         .env("SSE_HEARTBEAT_INTERVAL", "30000")

@@ -939,6 +939,11 @@ fn spawn_server(args: &Args, bin: &Path, ports: (u16, u16, u16), log: &Path) -> 
         .env("OPENAI_REALTIME_URL", format!("ws://127.0.0.1:{rt_port}/v1/realtime"))
         .env("MAX_CONCURRENT_CALLS", (calls + 10).to_string())
         .env("MAX_CALL_DURATION_SECS", "3600")
+        .env("JWT_SECRET", JWT_SECRET)
+        // One client places every call at once: the abuse limits are not what this measures.
+        .env("CALLS_PER_HOUR", "100000000")
+        .env("RATE_LIMIT_MCP", "100000000")
+        .env("RATE_LIMIT_TWILIO", "100000000")
         .env("RUST_LOG", "warn")
         .envs(extra_env.iter().filter_map(|kv| kv.split_once('=')));
     ServerProcess::start(cmd, log)
@@ -1035,8 +1040,31 @@ fn xml_unescape(s: &str) -> String {
 // MCP: placing the calls
 // ---------------------------------------------------------------------------------------------------
 
+/// The HMAC secret the server checks `/mcp` tokens with.
+const JWT_SECRET: &str = "relay-load-benchmark-secret-0123456789abcdef";
+
+/// A `calls:write calls:read` token for the server at `base` (audience: its `/mcp` URL).
+fn mcp_token(base: &str) -> Result<String> {
+    use voice_call_mcp::auth::{self, Claims};
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let claims = Claims {
+        sub: "relay-load".into(),
+        exp: now + 86_400,
+        iat: Some(now),
+        nbf: None,
+        iss: None,
+        aud: Some(format!("{base}/mcp").into()),
+        scope: "calls:write calls:read".into(),
+        calls: None,
+    };
+    auth::mint(JWT_SECRET, "HS256", &claims).map_err(|e| anyhow!("minting the MCP token: {e}"))
+}
+
 async fn place_calls(base: &str, n: u32) -> Result<Vec<String>> {
-    let transport = StreamableHttpClientTransport::from_uri(format!("{base}/mcp"));
+    let config =
+        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
+            .auth_header(mcp_token(base)?);
+    let transport = StreamableHttpClientTransport::from_config(config);
     let lifecycle = ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] };
     let client =
         tokio::time::timeout(CONNECT_TIMEOUT, ClientConfig::default().serve_with_lifecycle(transport, lifecycle))

@@ -4,10 +4,13 @@
 //! and one shutdown token that every loop selects on. Background work is spawned on `tasks`, so it is
 //! awaited while draining instead of being cut off mid-write.
 
-use crate::auth::{AuthSetupError, Authenticator};
-use crate::calls::{Call, CallRegistry};
+use crate::auth::guard::{self, Guard};
+use crate::auth::{AuthSetupError, Authenticator, metadata};
+use crate::calls::{Call, CallRegistry, CallStatus};
 use crate::carrier::{media, rest, webhooks};
 use crate::config::Config;
+use crate::edge::rate::Group;
+use crate::edge::{Limits, Origins, origin};
 use crate::events::{EventBus, sse};
 use crate::mcp;
 use crate::store::{CallStore, EventStore, SqliteStore, StoreError};
@@ -18,12 +21,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
 #[derive(Debug, Clone)]
@@ -37,7 +41,13 @@ pub struct AppState {
     /// Token validation; `None` when no key is configured (the events feed then refuses everyone).
     pub auth: Option<Authenticator>,
     pub sse_connections: Arc<sse::Connections>,
-    /// Cancelled once, when the server starts draining.
+    /// Rate-limit buckets, per route group.
+    pub limits: Limits,
+    /// Cancelled once, when the server starts draining: no new calls, `/readyz` says 503.
+    pub draining: CancellationToken,
+    /// Cancelled when the drain timeout has passed with calls still active: their AI wraps up politely.
+    pub wrap_up: CancellationToken,
+    /// Cancelled once the calls are over: ends MCP sessions, event streams and background loops.
     pub shutdown: CancellationToken,
     /// Every background task; awaited (bounded) before the process exits.
     pub tasks: TaskTracker,
@@ -66,6 +76,8 @@ impl AppState {
     pub async fn with_timing(config: Config, timing: crate::voice::bridge::Timing) -> Result<Self, StartError> {
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
+        let draining = CancellationToken::new();
+        let wrap_up = CancellationToken::new();
         let tasks = TaskTracker::new();
         let store = Arc::new(SqliteStore::open(&config.store)?);
         let auth = match &config.auth {
@@ -84,9 +96,10 @@ impl AppState {
         calls.restore(restored);
         let event_store: Arc<dyn EventStore> = store.clone();
         let events = Arc::new(EventBus::new(event_store));
-        let voices = Arc::new(Voices::new(config.voice.clone(), timing, tasks.clone(), shutdown.clone()));
+        let voices = Arc::new(Voices::new(config.voice.clone(), timing, tasks.clone(), wrap_up.clone()));
         let switchboard = Arc::new(Switchboard::new(config.clone(), calls.clone(), voices.clone(), events.clone())?);
         Ok(Self {
+            limits: Limits::new(&config.access),
             config,
             calls,
             switchboard,
@@ -95,25 +108,94 @@ impl AppState {
             store,
             auth,
             sse_connections: Arc::default(),
+            draining,
+            wrap_up,
             shutdown,
             tasks,
         })
     }
 }
 
+/// Every route, each group behind its own rate limits; `/mcp` and `/events` behind the token guard;
+/// everything but the health probes behind the Host/Origin check; every body bounded.
 pub fn router(state: AppState) -> Router {
+    let config = &state.config;
+    let limits = &state.limits;
+    let mcp_authenticator = if config.access.mcp_requires_token { state.auth.clone() } else { None };
+    let mcp_guard = Guard::mcp(mcp_authenticator, metadata::url(config));
+    let mcp = Router::new()
+        .nest_service("/mcp", mcp::service(state.clone()))
+        .layer(limits.by_subject(Group::Mcp))
+        .layer(axum::middleware::from_fn_with_state(mcp_guard, guard::require))
+        // Also bounds the body when MCP authorization is off and the guard does not read it.
+        .layer(RequestBodyLimitLayer::new(guard::MCP_BODY_LIMIT))
+        .layer(limits.by_address(Group::Mcp));
+    // Twilio's own buckets: a flood on /mcp or /events never delays a status callback or a media stream.
+    let twilio = webhooks::router().merge(media::router()).layer(limits.by_address(Group::Twilio));
+    let other = metadata::router().merge(crate::dashboard::router()).layer(limits.by_address(Group::Other));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .merge(webhooks::router())
-        .merge(media::router())
+        // Protected by its own token or a loopback peer; scraped by address (no Host check, no rate limit).
+        .merge(crate::telemetry::route::router())
+        .merge(twilio)
         .merge(sse::router(&state))
-        .nest_service("/mcp", mcp::service(state.clone()))
-        // The span names the request by its redacted URI: `access_token` query values never reach a log line.
+        .merge(mcp)
+        .merge(other)
+        .layer(axum::middleware::from_fn_with_state(Origins::new(config), origin::check))
+        .layer(RequestBodyLimitLayer::new(guard::MCP_BODY_LIMIT))
+        // The span names the request by its redacted URI: `access_token` query values never reach a log line
+        // (nor a trace: the OpenTelemetry span name is the method and path only).
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<axum::body::Body>| {
-            tracing::info_span!("http", method = %request.method(), uri = %crate::auth::redact_query(request.uri()))
+            let name = format!("{} {}", request.method(), request.uri().path());
+            tracing::info_span!(
+                "http",
+                otel.name = name,
+                otel.kind = "server",
+                method = %request.method(),
+                uri = %crate::auth::redact_query(request.uri())
+            )
         }))
         .with_state(state)
+}
+
+/// The calls' part of a drain: refuse new calls, let active ones finish for the drain timeout, then
+/// have their AI say goodbye (ringing calls are cancelled), and hang up whatever is left.
+async fn drain_calls(state: &AppState) {
+    let calls = &state.calls;
+    calls.close();
+    state.draining.cancel();
+    let timeout = state.config.drain_timeout;
+    tracing::info!(
+        active = calls.active_count(),
+        ?timeout,
+        "shutting down: refusing new calls, letting active calls finish"
+    );
+    if tokio::time::timeout(timeout, calls.until_idle()).await.is_ok() {
+        return;
+    }
+    tracing::info!(active = calls.active_count(), "drain timeout: asking the AI to wrap up the remaining calls");
+    state.wrap_up.cancel();
+    // A phone still ringing has nobody to say goodbye to: cancel it now.
+    for call in calls.active().into_iter().filter(|c| c.status != CallStatus::InProgress) {
+        if let Err(e) = state.switchboard.end(&call.call_sid).await {
+            tracing::warn!(call_sid = %call.call_sid, error = %e, "could not cancel a ringing call while draining");
+        }
+    }
+    let timing = state.voices.timing();
+    let goodbye = timing.wrap_up_grace + timing.goodbye_grace + Duration::from_secs(2);
+    if tokio::time::timeout(goodbye, calls.until_idle()).await.is_ok() {
+        return;
+    }
+    for call in calls.active() {
+        tracing::warn!(call_sid = %call.call_sid, "hanging up: the call did not wrap up in time");
+        if let Err(e) = state.switchboard.end(&call.call_sid).await {
+            tracing::warn!(call_sid = %call.call_sid, error = %e, "could not hang up while draining");
+        }
+    }
+    if tokio::time::timeout(Duration::from_secs(5), calls.until_idle()).await.is_err() {
+        tracing::warn!(active = calls.active_count(), "calls still open at exit; the carrier's time limit ends them");
+    }
 }
 
 /// The process is up.
@@ -123,7 +205,7 @@ async fn healthz() -> &'static str {
 
 /// The process takes new work; 503 while draining so a load balancer stops sending calls here.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let draining = state.shutdown.is_cancelled();
+    let draining = state.draining.is_cancelled();
     let status = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     let body = serde_json::json!({
         "status": if draining { "draining" } else { "ready" },
@@ -133,8 +215,10 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-/// Serves until `shutdown` resolves, then drains: no new calls, in-flight requests get
-/// `SHUTDOWN_GRACE_SECS` to finish, background tasks are awaited, and it returns.
+/// Serves until `shutdown` resolves, then drains: no new calls; active calls may go on for
+/// `DRAIN_TIMEOUT_SECS`, then their AI is told to wrap up and they are hung up; then MCP sessions and
+/// event streams end, in-flight requests get `SHUTDOWN_GRACE_SECS`, background tasks are awaited, every
+/// event is flushed to the store, and it returns.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -143,31 +227,43 @@ pub async fn serve(
     let app = router(state.clone());
     let token = state.shutdown.clone();
     let drain = {
-        let token = token.clone();
-        let calls = state.calls.clone();
+        let state = state.clone();
         async move {
-            tokio::select! {
-                () = shutdown => {},
-                () = token.cancelled() => {},
+            let asked = tokio::select! {
+                () = shutdown => true,
+                // Cancelled directly (by an embedding program): stop now, no call drain.
+                () = state.shutdown.cancelled() => false,
+            };
+            if asked {
+                drain_calls(&state).await;
             }
-            tracing::info!("shutting down: refusing new calls, finishing requests in flight");
-            calls.close();
-            // Ends MCP sessions and their open streams, so connections can close.
-            token.cancel();
+            // Ends MCP sessions and their open streams, and event streams, so connections can close.
+            state.shutdown.cancel();
         }
     };
-    // No Nagle: a Twilio mark must not wait behind the ACK of the audio before it.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
+    // Buckets of clients not seen for a while are forgotten, so the limiters' memory stays bounded.
+    state.tasks.spawn({
+        let (limits, switchboard, token) = (state.limits.clone(), state.switchboard.clone(), token.clone());
+        async move {
+            let mut every = tokio::time::interval(Limits::FORGET_EVERY);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {
+                        limits.forget_idle();
+                        switchboard.forget_idle();
+                    }
+                    () = token.cancelled() => return,
+                }
+            }
+        }
     });
-    // `into_make_service`: without it axum copies the whole route table for every connection (~10 KiB each).
-    let server = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(drain).into_future();
+    // HTTP/1.1 connections with the peer's address (rate limits, `/metrics`), no Nagle, a header timeout.
+    let server = crate::listener::serve(listener, app, drain);
     let grace = state.config.shutdown_grace;
-    let result = tokio::select! {
-        r = server => r,
+    tokio::select! {
+        () = server => {},
         () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "connections still open after the grace period; closing them");
-            Ok(())
         }
     };
     state.tasks.close();
@@ -176,5 +272,5 @@ pub async fn serve(
     }
     // Every event and call change published so far is on disk before the process exits.
     state.store.flush().await;
-    result
+    Ok(())
 }

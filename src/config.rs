@@ -116,6 +116,41 @@ pub struct RawConfig {
     /// Open /events streams per token subject [default: 20].
     #[arg(long, env = "SSE_MAX_CONNECTIONS_PER_SUBJECT")]
     pub sse_max_connections_per_subject: Option<String>,
+    /// `jwt` (bearer tokens on /mcp) or `none` (only on a loopback BIND, behind an authenticating proxy)
+    /// [default: jwt].
+    #[arg(long, env = "MCP_AUTH")]
+    pub mcp_auth: Option<String>,
+    /// Comma-separated authorization server URLs for the OAuth metadata [default: JWT_ISSUER].
+    #[arg(long, env = "OAUTH_AUTHORIZATION_SERVERS")]
+    pub oauth_authorization_servers: Option<String>,
+    /// Take the client address from X-Forwarded-For / Forwarded (only behind a proxy that sets them)
+    /// [default: false].
+    #[arg(long, env = "TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: Option<String>,
+    /// Requests per minute to /mcp, per client address and per token subject [default: 300].
+    #[arg(long, env = "RATE_LIMIT_MCP")]
+    pub rate_limit_mcp: Option<String>,
+    /// /events connects per minute, per client address and per token subject [default: 60].
+    #[arg(long, env = "RATE_LIMIT_EVENTS")]
+    pub rate_limit_events: Option<String>,
+    /// Requests per minute to the Twilio routes, per client address [default: 6000].
+    #[arg(long, env = "RATE_LIMIT_TWILIO")]
+    pub rate_limit_twilio: Option<String>,
+    /// Calls one token subject may place per hour [default: 60].
+    #[arg(long, env = "CALLS_PER_HOUR")]
+    pub calls_per_hour: Option<String>,
+    /// Seconds active calls may go on after SIGTERM before the AI is told to wrap up [default: 30].
+    #[arg(long, env = "DRAIN_TIMEOUT_SECS")]
+    pub drain_timeout_secs: Option<String>,
+    /// OTLP/HTTP collector base URL (e.g. http://localhost:4318): traces and metrics are exported there.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+    /// `text` or `json` (one JSON object per line) [default: text].
+    #[arg(long, env = "LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Bearer token `GET /metrics` requires; without it /metrics answers loopback peers only.
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 /// Where the token-verification key comes from.
@@ -135,6 +170,20 @@ pub struct AuthConfig {
     pub algorithm: String,
     pub issuer: Option<String>,
     pub audience: Option<String>,
+}
+
+/// Who may use the server and how hard: `/mcp` authorization and the abuse limits.
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    /// Whether `/mcp` requires a bearer token (false only with `MCP_AUTH=none` on a loopback bind).
+    pub mcp_requires_token: bool,
+    /// The OAuth authorization servers named in the protected-resource metadata.
+    pub authorization_servers: Vec<String>,
+    pub trust_forwarded_for: bool,
+    pub mcp_per_minute: u32,
+    pub events_per_minute: u32,
+    pub twilio_per_minute: u32,
+    pub calls_per_hour: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -204,10 +253,18 @@ pub struct Config {
     pub max_call_duration: Duration,
     pub ring_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// How long active calls may go on after SIGTERM before they are wrapped up.
+    pub drain_timeout: Duration,
     pub sandbox: bool,
     pub auth: Option<AuthConfig>,
+    pub access: AccessConfig,
     pub store: StoreConfig,
     pub sse: SseConfig,
+    /// Where traces and metrics are pushed (OTLP/HTTP base URL); `None`: not pushed.
+    pub otlp_endpoint: Option<Url>,
+    pub log_format: crate::telemetry::LogFormat,
+    /// The bearer token `/metrics` requires; `None`: loopback peers only.
+    pub metrics_token: Option<String>,
 }
 
 /// One problem with one setting.
@@ -438,6 +495,28 @@ impl RawConfig {
         let max_sse: usize = c.parse("SSE_MAX_CONNECTIONS", &self.sse_max_connections, 10_000, "a whole number");
         let max_sse_subject: usize =
             c.parse("SSE_MAX_CONNECTIONS_PER_SUBJECT", &self.sse_max_connections_per_subject, 20, "a whole number");
+        let drain_secs: u64 = c.parse("DRAIN_TIMEOUT_SECS", &self.drain_timeout_secs, 30, "a number of seconds");
+        let access = self.access(&mut c, bind, sandbox, jwt.as_ref());
+        // The resource this server is: tokens must be issued for it (RFC 8707, MCP authorization).
+        let jwt = jwt.map(|mut a| {
+            if a.audience.is_none() {
+                a.audience = public_url.as_ref().map(resource_url);
+            }
+            a
+        });
+        let otlp_endpoint = match self.otel_exporter_otlp_endpoint.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(raw) => c.url("OTEL_EXPORTER_OTLP_ENDPOINT", raw, &["http", "https"]),
+            None => None,
+        };
+        let log_format =
+            crate::telemetry::LogFormat::parse(self.log_format.as_deref().unwrap_or("")).unwrap_or_else(|| {
+                c.fail("LOG_FORMAT", format!("'{}' is not text or json", self.log_format.as_deref().unwrap_or("")));
+                crate::telemetry::LogFormat::Text
+            });
+        let metrics_token = self.metrics_token.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+        if metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
+            c.fail("METRICS_TOKEN", "must be at least 16 characters long (e.g. openssl rand -hex 24)");
+        }
 
         if !c.0.is_empty() {
             return Err(c.0);
@@ -461,8 +540,10 @@ impl RawConfig {
             max_call_duration: Duration::from_secs(max_secs),
             ring_timeout: Duration::from_secs(ring_secs),
             shutdown_grace: Duration::from_secs(grace_secs),
+            drain_timeout: Duration::from_secs(drain_secs),
             sandbox,
             auth: jwt,
+            access,
             store: StoreConfig {
                 database_url,
                 retention: Duration::from_secs(retention_days * 86_400),
@@ -474,7 +555,69 @@ impl RawConfig {
                 max_connections: max_sse.max(1),
                 max_connections_per_subject: max_sse_subject.max(1),
             },
+            otlp_endpoint,
+            log_format,
+            metrics_token,
         })
+    }
+
+    /// `/mcp` authorization and the abuse limits. `/mcp` without tokens is only for a loopback bind,
+    /// where an authenticating proxy on the same host is the only way in.
+    fn access(&self, c: &mut Checker, bind: IpAddr, sandbox: bool, jwt: Option<&AuthConfig>) -> AccessConfig {
+        let mcp_requires_token = match self.mcp_auth.as_deref().map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("" | "jwt") => true,
+            Some("none") => {
+                if !bind.is_loopback() {
+                    c.fail("MCP_AUTH", "'none' is only allowed with a loopback BIND (behind an authenticating proxy)");
+                }
+                false
+            }
+            Some(other) => {
+                c.fail("MCP_AUTH", format!("'{other}' is not 'jwt' or 'none'"));
+                true
+            }
+        };
+        // Sandbox mode makes up a secret when none is configured. (A key setting that is set but wrong has
+        // its own error already.)
+        let no_key_setting = [&self.jwt_secret, &self.jwt_public_key_file, &self.jwt_jwks_url]
+            .iter()
+            .all(|v| v.as_deref().is_none_or(|s| s.trim().is_empty()));
+        if mcp_requires_token && jwt.is_none() && no_key_setting && !sandbox {
+            c.fail(
+                "JWT_SECRET",
+                "is not set: /mcp needs a key to check tokens (JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL)",
+            );
+        }
+        let mut authorization_servers = prefixes(&self.oauth_authorization_servers);
+        for server in &authorization_servers {
+            let _ = c.url("OAUTH_AUTHORIZATION_SERVERS", server, &["https", "http"]);
+        }
+        if authorization_servers.is_empty()
+            && let Some(issuer) = jwt.and_then(|a| a.issuer.clone())
+            && Url::parse(&issuer).is_ok()
+        {
+            authorization_servers.push(issuer);
+        }
+        let per_minute = |c: &mut Checker, setting: &'static str, raw: &Option<String>, default: u32| -> u32 {
+            let n: u32 = c.parse(setting, raw, default, "a whole number");
+            if n == 0 {
+                c.fail(setting, "must be at least 1");
+            }
+            n.max(1)
+        };
+        let mcp_per_minute = per_minute(c, "RATE_LIMIT_MCP", &self.rate_limit_mcp, 300);
+        let events_per_minute = per_minute(c, "RATE_LIMIT_EVENTS", &self.rate_limit_events, 60);
+        let twilio_per_minute = per_minute(c, "RATE_LIMIT_TWILIO", &self.rate_limit_twilio, 6000);
+        let calls_per_hour = per_minute(c, "CALLS_PER_HOUR", &self.calls_per_hour, 60);
+        AccessConfig {
+            mcp_requires_token,
+            authorization_servers,
+            trust_forwarded_for: c.bool("TRUST_FORWARDED_FOR", &self.trust_forwarded_for),
+            mcp_per_minute,
+            events_per_minute,
+            twilio_per_minute,
+            calls_per_hour,
+        }
     }
 
     /// The JWT settings: exactly one key source, an algorithm that fits it.
@@ -558,7 +701,28 @@ fn is_sid(s: &str, prefix: &str) -> bool {
     s.len() == 34 && s.starts_with(prefix) && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// `https://HOST/mcp`: the MCP endpoint's resource identifier, the audience tokens are issued for.
+pub fn resource_url(public_url: &Url) -> String {
+    format!("{}/mcp", public_url.as_str().trim_end_matches('/'))
+}
+
 impl Config {
+    /// This server's resource identifier (RFC 9728 / RFC 8707): the `/mcp` URL.
+    pub fn resource(&self) -> String {
+        resource_url(&self.public_url)
+    }
+
+    /// Sets `PUBLIC_URL` once it is known (sandbox mode without one), and with it the token audience
+    /// unless `JWT_AUDIENCE` named one.
+    pub fn set_public_url(&mut self, url: Url) {
+        self.public_url = url;
+        if let Some(auth) = self.auth.as_mut()
+            && auth.audience.is_none()
+        {
+            auth.audience = Some(resource_url(&self.public_url));
+        }
+    }
+
     /// The base URL with `path` appended, e.g. `status_url("/twilio/status")`.
     pub fn public(&self, path: &str) -> String {
         format!("{}{}", self.public_url.as_str().trim_end_matches('/'), path)
@@ -593,13 +757,35 @@ mod tests {
 
     #[test]
     fn a_complete_live_config_validates_with_defaults() {
-        let c = live().validate().unwrap();
+        let c = RawConfig { jwt_secret: Some(SECRET.into()), ..live() }.validate().unwrap();
         assert_eq!(c.port, 8080);
         assert_eq!(c.bind.to_string(), "127.0.0.1");
         assert_eq!(c.voice.url.as_str(), "wss://api.openai.com/v1/realtime?model=gpt-realtime");
         assert_eq!(c.media_stream_url(), "wss://calls.example.com/twilio/media");
         assert_eq!(c.public("/twilio/status"), "https://calls.example.com/twilio/status");
         assert_eq!(c.max_concurrent_calls, 10);
+        // Tokens are checked for this server's resource URL unless JWT_AUDIENCE says otherwise.
+        assert_eq!(c.auth.as_ref().unwrap().audience.as_deref(), Some("https://calls.example.com/mcp"));
+        assert!(c.access.mcp_requires_token);
+        assert_eq!((c.access.mcp_per_minute, c.access.calls_per_hour), (300, 60));
+    }
+
+    #[test]
+    fn mcp_needs_a_key_or_an_explicit_loopback_only_opt_out() {
+        let errors: Vec<String> = live().validate().unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            [
+                "JWT_SECRET: is not set: /mcp needs a key to check tokens (JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL)"
+            ]
+        );
+        let open = RawConfig { mcp_auth: Some("none".into()), ..live() }.validate().unwrap();
+        assert!(!open.access.mcp_requires_token);
+        let exposed = RawConfig { mcp_auth: Some("none".into()), bind: Some("0.0.0.0".into()), ..live() };
+        let errors: Vec<String> = exposed.validate().unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(errors, ["MCP_AUTH: 'none' is only allowed with a loopback BIND (behind an authenticating proxy)"]);
+        let given = RawConfig { jwt_secret: Some(SECRET.into()), jwt_audience: Some("api://calls".into()), ..live() };
+        assert_eq!(given.validate().unwrap().auth.unwrap().audience.as_deref(), Some("api://calls"));
     }
 
     #[test]
@@ -644,6 +830,7 @@ mod tests {
         let raw = RawConfig {
             openai_websocket_url: Some("wss://x.openai.azure.com/openai/v1/realtime?model=my-dep".into()),
             openai_auth_header: Some("api-key".into()),
+            jwt_secret: Some(SECRET.into()),
             ..live()
         };
         let c = raw.validate().unwrap();
@@ -671,8 +858,10 @@ mod tests {
 
     #[test]
     fn no_jwt_key_means_no_auth_and_blank_values_count_as_unset() {
-        assert!(jwt(live()).unwrap().is_none());
-        let blank = RawConfig { jwt_secret: Some("  ".into()), jwt_jwks_url: Some(String::new()), ..live() };
+        // Without a key, /mcp must be opened explicitly (on loopback), and the events feed stays closed.
+        let open = || RawConfig { mcp_auth: Some("none".into()), ..live() };
+        assert!(jwt(open()).unwrap().is_none());
+        let blank = RawConfig { jwt_secret: Some("  ".into()), jwt_jwks_url: Some(String::new()), ..open() };
         assert!(jwt(blank).unwrap().is_none());
     }
 
@@ -775,6 +964,38 @@ mod tests {
         for alg in JWT_ALGORITHMS.iter().filter(|a| !a.starts_with("HS")) {
             assert_eq!(jwt(jwks(alg)).unwrap().unwrap().algorithm, *alg);
         }
+    }
+
+    #[test]
+    fn observability_settings_default_off_and_name_bad_values() {
+        let keyed = || RawConfig { jwt_secret: Some(SECRET.into()), ..live() };
+        let c = keyed().validate().unwrap();
+        assert_eq!((c.otlp_endpoint, c.log_format, c.metrics_token), (None, crate::telemetry::LogFormat::Text, None));
+        let raw = RawConfig {
+            otel_exporter_otlp_endpoint: Some("http://collector:4318".into()),
+            log_format: Some("JSON".into()),
+            metrics_token: Some("0123456789abcdef".into()),
+            ..keyed()
+        };
+        let c = raw.validate().unwrap();
+        assert_eq!(c.otlp_endpoint.unwrap().as_str(), "http://collector:4318/");
+        assert_eq!(c.log_format, crate::telemetry::LogFormat::Json);
+        assert_eq!(c.metrics_token.as_deref(), Some("0123456789abcdef"));
+        let bad = RawConfig {
+            otel_exporter_otlp_endpoint: Some("collector:4317".into()),
+            log_format: Some("xml".into()),
+            metrics_token: Some("short".into()),
+            ..keyed()
+        };
+        let errors: Vec<String> = bad.validate().unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            [
+                "OTEL_EXPORTER_OTLP_ENDPOINT: 'collector:4317' must be a http or https URL with a host",
+                "LOG_FORMAT: 'xml' is not text or json",
+                "METRICS_TOKEN: must be at least 16 characters long (e.g. openssl rand -hex 24)",
+            ]
+        );
     }
 
     #[test]

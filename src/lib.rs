@@ -15,12 +15,19 @@
 //! - [`voice`]: OpenAI Realtime — GA event types, session configuration, the client, and the bridge that
 //!   joins a call's two WebSockets (audio pump, barge-in, transcripts, model hang-up).
 //! - [`mcp`]: the MCP face — tools, resources, prompts over Streamable HTTP (rmcp).
-//! - [`app`]: `AppState`, the router, serving and graceful shutdown.
+//! - [`auth`]: JWT validation, the bearer guard on `/mcp` and `/events`, RFC 9728 metadata.
+//! - [`edge`]: what every request passes first — Host/Origin checks and rate limits.
+//! - [`events`]: call events — the log, fan-out, the `/events` SSE feed.
+//! - [`app`]: `AppState`, the router, serving and graceful shutdown; [`listener`]: accepting connections.
+//! - [`dashboard`]: `GET /dashboard`, a self-contained page that follows calls live over `/events`.
+//! - [`telemetry`]: logs (text or JSON), a trace per request and per call, metrics at `/metrics` and
+//!   over OTLP.
 //! - [`sandbox`]: simulators that speak Twilio's and OpenAI's wire protocols, for sandbox mode and tests.
 //!
 //! # How a call flows
-//! `tools/call trigger-call` → [`switchboard::Switchboard::place`]: E.164 parse → policy → a concurrency
-//! slot from the registry → Twilio `Calls.json` with inline TwiML (`<Connect><Stream>` carrying a per-call
+//! `tools/call trigger-call` (token checked: `calls:write`) → [`switchboard::Switchboard::place`]: the
+//! number screened (emergency, short codes) → E.164 parse → policy (lists, premium rate) → a concurrency
+//! slot from the registry → the caller's hourly quota → policy again at dial time → Twilio `Calls.json` with inline TwiML (`<Connect><Stream>` carrying a per-call
 //! token) and status callbacks to `PUBLIC_URL/twilio/status` → the call is registered `queued` and the
 //! tool returns, while the call's voice task opens the Realtime session as the phone rings. Twilio posts
 //! signed callbacks; [`carrier::webhooks`] checks each signature and the switchboard applies it, in
@@ -33,11 +40,15 @@ pub mod auth;
 pub mod calls;
 pub mod carrier;
 pub mod config;
+pub mod dashboard;
+pub mod edge;
 pub mod events;
+pub mod listener;
 pub mod mcp;
 pub mod sandbox;
 pub mod store;
 pub mod switchboard;
+pub mod telemetry;
 pub mod voice;
 
 pub use app::{AppState, serve};

@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use voice_call_mcp::{AppState, RawConfig};
+use voice_call_mcp::{AppState, RawConfig, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(name = "voice-call-mcp", version, about = "A remote MCP server that places and runs phone calls")]
@@ -49,18 +49,29 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match cli.command {
+    // Read leniently here, so logging works from the first line; `validate` names a bad value later.
+    let raw = match &cli.command {
+        Command::Serve(raw) | Command::Check(raw) => raw,
+        Command::Token(args) => &args.config,
+    };
+    let format = telemetry::LogFormat::parse(raw.log_format.as_deref().unwrap_or("")).unwrap_or_default();
+    // Only a server exports; `check` and `token` have nothing to trace.
+    let otlp = match &cli.command {
+        Command::Serve(raw) => raw.otel_exporter_otlp_endpoint.as_deref().and_then(|u| url::Url::parse(u.trim()).ok()),
+        _ => None,
+    };
+    let (telemetry, telemetry_error) = telemetry::init(format, otlp.as_ref());
+    if let Some(e) = telemetry_error {
+        tracing::error!(error = %e, "traces and metrics will not be exported");
+    }
+    let code = match cli.command {
         Command::Check(raw) => check(&raw),
         Command::Serve(raw) => serve(raw),
         Command::Token(args) => token(args),
-    }
+    };
+    // After the runtime is gone: the exporters' blocking HTTP client must not be dropped inside it.
+    telemetry.shutdown();
+    code
 }
 
 fn report(raw: &RawConfig, errors: &[voice_call_mcp::config::ConfigError]) {
@@ -145,6 +156,7 @@ fn serve(raw: RawConfig) -> ExitCode {
         let mcp_url = config.public("/mcp");
         let events_url = config.public("/events");
         let sandbox = config.sandbox;
+        let json_logs = config.log_format == telemetry::LogFormat::Json;
         let sandbox_token = simulator.as_ref().and_then(|s| s.token.clone());
         let state = match AppState::new(config).await {
             Ok(s) => s,
@@ -154,17 +166,33 @@ fn serve(raw: RawConfig) -> ExitCode {
             }
         };
         tracing::info!(%mcp_url, local = %addr, sandbox, "voice-call-mcp listening");
-        if sandbox {
+        if sandbox && json_logs {
+            // Every stderr line stays one JSON object: the banner is a log record too.
+            tracing::info!(
+                mcp_endpoint = %mcp_url,
+                access_token = sandbox_token.as_deref(),
+                "Sandbox mode: calls go to a built-in simulator, nothing real is dialed. MCP endpoint: {mcp_url}"
+            );
+        } else if sandbox {
             eprintln!(
                 "\nSandbox mode: calls go to a built-in simulator, nothing real is dialed.\n\
-                 MCP endpoint: {mcp_url}\n\
-                 Claude Code:  claude mcp add --transport http voice-call {mcp_url}"
+                 MCP endpoint: {mcp_url}"
             );
-            if let Some(token) = sandbox_token {
-                eprintln!(
-                    "Events token (24 h): {token}\n\
-                     Live events:  curl -N -H \"Authorization: Bearer {token}\" {events_url}"
-                );
+            match sandbox_token {
+                Some(token) => {
+                    let client = serde_json::json!({"mcpServers": {"voice-call": {
+                        "type": "http", "url": mcp_url, "headers": {"Authorization": format!("Bearer {token}")}
+                    }}});
+                    eprintln!(
+                        "Access token (24 h, every scope): {token}\n\
+                         Claude Code:  claude mcp add --transport http voice-call {mcp_url} --header \"Authorization: Bearer {token}\"\n\
+                         Claude Desktop / Cursor (mcp.json): {client}\n\
+                         Live events:  curl -N -H \"Authorization: Bearer {token}\" {events_url}"
+                    );
+                }
+                None => eprintln!(
+                    "Tokens: your JWT settings apply; mint one with: voice-call-mcp token --scope \"calls:write calls:read events:read\""
+                ),
             }
             eprintln!();
         }
@@ -252,6 +280,8 @@ fn token(args: TokenArgs) -> ExitCode {
         jwt_algorithm: c.jwt_algorithm.clone(),
         jwt_issuer: c.jwt_issuer.clone(),
         jwt_audience: c.jwt_audience.clone(),
+        // The audience defaults to PUBLIC_URL's /mcp, as the server's does.
+        public_url: c.public_url.clone(),
         ..RawConfig::default()
     };
     let auth = match jwt_only.validate() {
@@ -259,6 +289,12 @@ fn token(args: TokenArgs) -> ExitCode {
         Err(errors) => return fail(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),
     };
     let Some(auth) = auth else { return fail(HMAC_ONLY) };
+    if auth.audience.is_none() {
+        return fail(
+            "PUBLIC_URL is not set: tokens are minted for the server's URL (PUBLIC_URL/mcp, or JWT_AUDIENCE); \
+             set the one the server uses",
+        );
+    }
     let JwtKey::Secret(secret) = &auth.key else {
         return fail(format!("{HMAC_ONLY} (with a public key or JWKS, tokens come from the authorization server)"));
     };

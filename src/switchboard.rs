@@ -1,7 +1,9 @@
 //! Places and ends calls: the one path from "the assistant asked for a call" to "Twilio is dialing".
 //!
 //! It joins the domain (number, policy, registry) to the carrier, in the order that keeps money safe:
-//! parse the number, check the policy, take a concurrency slot, and only then ask Twilio to dial.
+//! screen the number as typed (emergency, short codes), parse it, check the policy (lists, premium
+//! rate), take a concurrency slot, count it against the caller's hourly quota, check the policy once
+//! more on the number as dialed, and only then ask Twilio to dial.
 //! Every status observation, whatever edge it came from, is applied through [`Switchboard::record`], so
 //! the rules (and, later, event publishing) live in one place.
 
@@ -32,6 +34,8 @@ pub struct PlaceCall {
     pub record: Option<bool>,
     pub machine_detection: bool,
     pub max_duration_secs: Option<u32>,
+    /// Who asked (the token's subject; empty without MCP authorization): `CALLS_PER_HOUR` counts by it.
+    pub caller: String,
 }
 
 /// Why a call was not placed. Each message tells the model what to change.
@@ -47,6 +51,11 @@ pub enum PlaceError {
     Capacity(#[from] RegistryError),
     #[error("the call could not be placed: {0}")]
     Carrier(#[from] rest::Error),
+    #[error(
+        "this caller has placed its {per_hour} calls for the hour (CALLS_PER_HOUR); the next one is possible in \
+         {wait_secs} s"
+    )]
+    Quota { per_hour: u32, wait_secs: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +73,8 @@ pub struct Switchboard {
     twilio: rest::TwilioClient,
     voices: Arc<Voices>,
     events: Arc<EventBus>,
+    /// `CALLS_PER_HOUR`, per caller, on top of `MAX_CONCURRENT_CALLS`.
+    quota: governor::DefaultKeyedRateLimiter<String>,
 }
 
 /// What the callee hears if the voice model cannot be reached.
@@ -79,7 +90,14 @@ impl Switchboard {
         events: Arc<EventBus>,
     ) -> Result<Self, rest::Error> {
         let twilio = rest::TwilioClient::new(&config.twilio)?;
-        Ok(Self { config, calls, twilio, voices, events })
+        let per_hour = std::num::NonZeroU32::new(config.access.calls_per_hour).unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = governor::RateLimiter::keyed(governor::Quota::per_hour(per_hour));
+        Ok(Self { config, calls, twilio, voices, events, quota })
+    }
+
+    /// Forgets the hourly quota of callers whose quota is full again (bounded memory).
+    pub fn forget_idle(&self) {
+        self.quota.retain_recent();
     }
 
     pub fn events(&self) -> &Arc<EventBus> {
@@ -96,10 +114,22 @@ impl Switchboard {
 
     /// Checks the request, then dials. Nothing reaches Twilio unless every check passed.
     pub async fn place(self: &Arc<Self>, ask: PlaceCall) -> Result<Arc<CallEntry>, PlaceError> {
+        PolicyError::screen_typed(ask.to.trim())?;
         let to = E164::parse(ask.to.trim())?;
         self.config.policy.check(&to)?;
+        let caller = ask.caller.clone();
         let request = self.request(to, ask)?;
         let ticket = self.calls.reserve()?;
+        // Counted only for calls about to be dialed: a request refused above costs no quota.
+        if let Err(not_until) = self.quota.check_key(&caller) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            return Err(PlaceError::Quota {
+                per_hour: self.config.access.calls_per_hour,
+                wait_secs: wait.as_secs().max(1),
+            });
+        }
+        // Checked once more at dial time, on the number exactly as it goes to Twilio.
+        self.config.policy.check(&request.to)?;
 
         let stream_token = random_token();
         let stream = twiml::connect_stream(&self.config.media_stream_url(), &[("callToken", &stream_token)]);
@@ -114,11 +144,13 @@ impl Switchboard {
             recording_callback: request.record.then(|| self.config.public("/twilio/recording")),
             amd_callback: request.machine_detection.then(|| self.config.public("/twilio/amd")),
         };
-        let created = self.twilio.create_call(&dial).await?;
+        let span = crate::telemetry::calls::opening();
+        let created = tracing::Instrument::instrument(self.twilio.create_call(&dial), span.clone()).await?;
         let status = CallStatus::parse(&created.status).unwrap_or(CallStatus::Queued);
         let call = Call::new(created.sid, request, CallStatus::Queued, self.config.sandbox);
         let queued = call.clone();
         let (entry, early) = self.calls.insert(ticket, call, stream_token);
+        crate::telemetry::calls::placed(entry.call_sid(), &span);
         // Every call's first event is `queued`; callbacks that beat the REST reply follow in order.
         self.events.publish(&CallEvent::status(&queued));
         for (applied, call) in early {
@@ -219,6 +251,7 @@ impl Switchboard {
 
     /// Applies an observation from any edge, and publishes what changed.
     pub fn record(&self, call_sid: &str, update: CallUpdate) -> UpdateOutcome {
+        let _span = crate::telemetry::calls::update(call_sid).entered();
         let outcome = self.calls.update(call_sid, update);
         if let UpdateOutcome::Applied(applied, call) = &outcome {
             self.publish_change(*applied, call);
@@ -232,7 +265,12 @@ impl Switchboard {
         self.events.publish(&CallEvent::status(call));
         if status.is_terminal() {
             tracing::info!(call_sid = %call.call_sid, duration_secs = ?call.duration_secs, "call ended");
+            crate::telemetry::calls::ended(&call.call_sid, status.as_str());
             self.events.publish(&CallEvent::ended(call));
+            // Only now is the call's place free: a drain waiting for idle sees every ending published.
+            if let Some(entry) = self.calls.entry(&call.call_sid) {
+                entry.release_if_ended();
+            }
         }
     }
 }

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Browser check: a real browser's EventSource follows a call on GET /events, cross-origin, with the token
-# in the `access_token` query parameter.
+# Browser checks, in headless Chromium against `BINARY serve --sandbox`:
+#   browser-eventsource  a page on another origin follows a call on GET /events with EventSource, the token
+#                        in the `access_token` query parameter (check.mjs, page.html)
+#   browser-dashboard    the built-in GET /dashboard: paste a token, follow a call to its end (screenshot),
+#                        let a short-lived token expire, give a new one, resume with lastEventId without
+#                        missing or repeating anything (dashboard.mjs)
 #
 #   bash .ci/browser/run.sh [BINARY]      default BINARY: target/debug/voice-call-mcp (repo root)
 #
-# Installs Debian's chromium if /usr/bin/chromium is missing (needs root). Starts
-# `BINARY serve --sandbox` on a free loopback port with a known JWT_SECRET and SSE_CORS_ORIGIN set to the
-# origin of a page that check.mjs serves on another loopback port, mints an events:read token with
-# `BINARY token`, then check.mjs (plain Node >= 18, no npm packages) drives headless Chromium over the
-# DevTools pipe to the page, places a sandbox call with trigger-call over MCP, and polls the page's DOM
-# until it shows connected, call-status, transcription (ai and human) and call-ended for that callSid.
-# Screenshot and logs: .ci/browser/results/. Prints PASS/FAIL, ends with "N passed, M failed".
+# Installs Debian's chromium if /usr/bin/chromium is missing (needs root). Starts the server on a free
+# loopback port with a known JWT_SECRET and PUBLIC_URL (the same for `BINARY token`), and SSE_CORS_ORIGIN
+# set to the origin of the page check.mjs serves on another loopback port. Tokens are minted with
+# `BINARY token --scope "calls:write calls:read events:read"`; every MCP request carries one as
+# `Authorization: Bearer`. The scripts are plain Node >= 18 (no npm packages) driving Chromium over the
+# DevTools pipe (lib.mjs); they place sandbox calls over MCP and poll the pages' DOM, bounded.
+# Screenshots and logs: .ci/browser/results/. Prints PASS/FAIL per check, ends with "N passed, M failed".
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,16 +24,20 @@ BIN=${1:-"$REPO/target/debug/voice-call-mcp"}
 # The server runs from an empty temp directory (no .env is read there), so the path must be absolute.
 [[ "$BIN" == /* ]] || BIN="$PWD/$BIN"
 CHROMIUM=/usr/bin/chromium
-NAME=browser-eventsource
+CHECKS=(browser-eventsource browser-dashboard)
 
 log() { printf '[browser] %s\n' "$*"; }
-fail() {
-  printf 'FAIL  %s (%s)\n' "$NAME" "$1"
+server_tail() {
   if [[ -n "${SERVER_LOG:-}" && -f "$SERVER_LOG" ]]; then
     echo "---- last 30 lines of the server log ($SERVER_LOG):"
     tail -30 "$SERVER_LOG" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/      /'
   fi
-  echo "0 passed, 1 failed"
+}
+# Setup failed: no check could run.
+fail() {
+  for name in "${CHECKS[@]}"; do printf 'FAIL  %s (%s)\n' "$name" "$1"; done
+  server_tail
+  echo "0 passed, ${#CHECKS[@]} failed"
   exit 1
 }
 
@@ -61,8 +69,10 @@ rm -rf "$RESULTS"; mkdir -p "$RESULTS"
 SERVER_LOG="$RESULTS/server.log"
 PROFILE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/voice-call-mcp-chromium.XXXXXX")
 
-# A throwaway secret for this run; run from an empty directory so no .env is read.
+# A throwaway secret for this run, and the public URL (a token's audience may be derived from it): both
+# exported, so the server and `BINARY token` agree. Run from an empty directory so no .env is read.
 export JWT_SECRET; JWT_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n')
+export PUBLIC_URL="$SERVER_URL/"
 # Debug-level HTTP tracing, so the check also proves the query token never reaches a log line.
 export SSE_CORS_ORIGIN="$PAGE_ORIGIN" NO_COLOR=1 RUST_LOG="info,tower_http=debug"
 WORKDIR=$(mktemp -d "${TMPDIR:-/tmp}/voice-call-mcp-browser.XXXXXX")
@@ -79,7 +89,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log "starting: $BIN serve --sandbox --port $PORT --bind 127.0.0.1 (SSE_CORS_ORIGIN=$PAGE_ORIGIN)"
+log "starting: $BIN serve --sandbox --port $PORT --bind 127.0.0.1 (PUBLIC_URL=$PUBLIC_URL SSE_CORS_ORIGIN=$PAGE_ORIGIN)"
 (cd "$WORKDIR" && exec "$BIN" serve --sandbox --port "$PORT" --bind 127.0.0.1) >"$SERVER_LOG" 2>&1 &
 SERVER_PID=$!
 
@@ -98,25 +108,44 @@ done
 log "server healthy at $SERVER_URL after $((SECONDS - started)) s"
 
 token() { (cd "$WORKDIR" && "$BIN" token "$@" 2>>"$RESULTS/token.log"); }
-EVENTS_TOKEN=$(token --scope events:read --ttl 600) || fail "token --scope events:read failed: $(cat "$RESULTS/token.log")"
-# For /mcp, should it ever ask for one; sent as a bearer header, never in a URL.
-MCP_TOKEN=$(token --scope 'calls:write calls:read' --ttl 600) || fail "token --scope calls:write failed: $(cat "$RESULTS/token.log")"
-[[ -n "$EVENTS_TOKEN" && -n "$MCP_TOKEN" ]] || fail "token printed nothing"
+SCOPES="calls:write calls:read events:read"
+mint() { token --scope "$SCOPES" --ttl "$1"; }
+minting_failed() { fail "token --scope '$SCOPES' failed: $(cat "$RESULTS/token.log")"; }
+EVENTS_TOKEN=$(mint 600) || minting_failed
+MCP_TOKEN=$(mint 900) || minting_failed   # sent as `Authorization: Bearer` on every MCP request, never in a URL
+DASH_TOKEN=$(mint 600) || minting_failed  # pasted into the dashboard; dashboard.mjs mints its short-lived one itself
+NEXT_TOKEN=$(mint 600) || minting_failed  # pasted after that one expired
+for t in "$EVENTS_TOKEN" "$MCP_TOKEN" "$DASH_TOKEN" "$NEXT_TOKEN"; do [[ -n "$t" ]] || fail "token printed nothing"; done
 
-# ---------------------------------------------------------------- the check
-rc=0
-SERVER_URL="$SERVER_URL" PAGE_PORT="$PAGE_PORT" EVENTS_TOKEN="$EVENTS_TOKEN" MCP_TOKEN="$MCP_TOKEN" \
-  CHROMIUM="$CHROMIUM" RESULTS="$RESULTS" PROFILE_DIR="$PROFILE_DIR" \
-  timeout --kill-after=10 150 node "$HERE/check.mjs" >"$RESULTS/check.log" 2>&1 || rc=$?
-cat "$RESULTS/check.log"
+# ---------------------------------------------------------------- the checks
+passed=0; failed=0
+# run_check NAME SCRIPT TIMEOUT: runs one script, prints its output and PASS or FAIL with the reason.
+run_check() {
+  local name=$1 script=$2 limit=$3 rc=0 reason= out="$RESULTS/$1.log"
+  local profile; profile=$(mktemp -d "$PROFILE_DIR/profile.XXXXXX")
+  SERVER_URL="$SERVER_URL" PAGE_PORT="$PAGE_PORT" EVENTS_TOKEN="$EVENTS_TOKEN" MCP_TOKEN="$MCP_TOKEN" \
+    DASH_TOKEN="$DASH_TOKEN" NEXT_TOKEN="$NEXT_TOKEN" BIN="$BIN" WORKDIR="$WORKDIR" SERVER_LOG="$SERVER_LOG" \
+    CHROMIUM="$CHROMIUM" RESULTS="$RESULTS" PROFILE_DIR="$profile" \
+    timeout --kill-after=10 "$limit" node "$HERE/$script" >"$out" 2>&1 || rc=$?
+  echo "---- $name"
+  cat "$out"
+  if [[ $rc == 124 || $rc == 137 ]]; then reason="timed out after $limit s"
+  elif [[ $rc != 0 ]]; then reason=$(grep -m1 '  FAILED: ' "$out" | sed 's/^  FAILED: //' || true); reason=${reason:-"exit $rc"}
+  fi
+  kill -0 "$SERVER_PID" 2>/dev/null || reason=${reason:-"the server exited during the check"}
+  # The README promises a query-string token is never logged.
+  for t in "$EVENTS_TOKEN" "$DASH_TOKEN" "$NEXT_TOKEN"; do
+    if grep -qF -- "$t" "$SERVER_LOG"; then reason=${reason:-"a query-string token appears in the server log"}; fi
+  done
+  if [[ -z "$reason" ]]; then
+    echo "PASS  $name"; passed=$((passed + 1))
+  else
+    echo "FAIL  $name ($reason)"; failed=$((failed + 1))
+  fi
+}
 
-reason=
-if [[ $rc == 124 || $rc == 137 ]]; then reason="timed out after 150 s"
-elif [[ $rc != 0 ]]; then reason=$(grep -m1 '  FAILED: ' "$RESULTS/check.log" | sed 's/^  FAILED: //' || true); reason=${reason:-"exit $rc"}
-fi
-kill -0 "$SERVER_PID" 2>/dev/null || reason=${reason:-"the server exited during the check"}
-# The README promises a query-string token is never logged.
-if grep -qF -- "$EVENTS_TOKEN" "$SERVER_LOG"; then reason=${reason:-"the events token appears in the server log"}; fi
-[[ -z "$reason" ]] || fail "$reason"
-echo "PASS  $NAME"
-echo "1 passed, 0 failed"
+run_check browser-eventsource check.mjs 150
+run_check browser-dashboard dashboard.mjs 240
+(( failed == 0 )) || server_tail
+echo "$passed passed, $failed failed"
+(( failed == 0 ))

@@ -1,12 +1,17 @@
 """Interop check with the official Python MCP client (PyPI `mcp`, pinned in requirements.txt).
 
-usage: py_client.py URL default|legacy
+usage: MCP_TOKEN=... py_client.py URL default|legacy|unauthorized
+
+The bearer token for /mcp comes from MCP_TOKEN (an environment variable, so it is not on the command
+line), sent as `Authorization: Bearer` by the client's own HTTP client.
 
 default: `Client(url)` -- mode="auto": probes `server/discover` and adopts 2026-07-28
          (stateless). If the server does not answer discover it silently falls back
          to initialize, so the negotiated version is asserted to be 2026-07-28.
 legacy:  `Client(url, mode="legacy")` -- forces the initialize handshake (sessions,
          newest handshake-era version, 2025-11-25 in mcp 2.3.0).
+unauthorized: the client without a token must be refused, and the server's 401 must name
+         the RFC 9728 metadata document, which must name this resource.
 
 Exit 0 when every step passed; prints one line per step.
 """
@@ -19,7 +24,12 @@ import sys
 import traceback
 from typing import Any
 
+import os
+import urllib.error
+import urllib.request
+
 from mcp import Client
+from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 EXPECTED_TOOLS = {"trigger-call", "get-call", "list-calls", "end-call", "wait-for-call"}
@@ -43,8 +53,43 @@ def dump(result: Any) -> str:
         return repr(result)[:1500]
 
 
+def transport(url: str):
+    token = os.environ.get("MCP_TOKEN", "")
+    require(token != "", "MCP_TOKEN is not set")
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+    return streamable_http_client(url, http_client=http)
+
+
+def unauthorized(url: str) -> None:
+    """Without a token: 401, a Bearer challenge naming the metadata, and metadata naming this resource."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode()
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+    try:
+        urllib.request.urlopen(request, timeout=10)
+        raise CheckFailed("a request without a token was served")
+    except urllib.error.HTTPError as e:
+        require(e.code == 401, f"expected 401, got {e.code}")
+        challenge = e.headers.get("WWW-Authenticate", "")
+        print(f"  401 WWW-Authenticate: {challenge}")
+        require(challenge.startswith("Bearer "), "the challenge is not Bearer")
+        marker = 'resource_metadata="'
+        require(marker in challenge, "the challenge does not name resource_metadata")
+        metadata_url = challenge.split(marker, 1)[1].split('"', 1)[0]
+    with urllib.request.urlopen(metadata_url, timeout=10) as r:
+        metadata = json.load(r)
+    print(f"  metadata: {json.dumps(metadata)}")
+    require(metadata.get("resource") == url, f"metadata resource {metadata.get('resource')!r} is not {url!r}")
+    require(metadata.get("bearer_methods_supported") == ["header"], "tokens must be accepted in the header only")
+    require("calls:write" in metadata.get("scopes_supported", []), "scopes_supported lacks calls:write")
+
+
 async def run(url: str, mode: str) -> None:
-    client = Client(url) if mode == "default" else Client(url, mode="legacy", read_timeout_seconds=30)
+    if mode == "unauthorized":
+        unauthorized(url)
+        return
+    client = (Client(transport(url)) if mode == "default"
+              else Client(transport(url), mode="legacy", read_timeout_seconds=30))
     async with client:
         version = client.protocol_version
         print(f"  negotiated protocol version: {version}")
@@ -88,8 +133,8 @@ async def run(url: str, mode: str) -> None:
 
 def main() -> int:
     url, mode = sys.argv[1], sys.argv[2]
-    if mode not in ("default", "legacy"):
-        print("mode must be default or legacy", file=sys.stderr)
+    if mode not in ("default", "legacy", "unauthorized"):
+        print("mode must be default, legacy or unauthorized", file=sys.stderr)
         return 2
     try:
         asyncio.run(asyncio.wait_for(run(url, mode), timeout=90))

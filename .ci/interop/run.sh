@@ -5,10 +5,13 @@
 #
 # Installs what it needs (idempotent, pinned) under .ci/interop/{.venv,node_modules}, starts
 # `BINARY serve --sandbox --port P --bind 127.0.0.1`, waits for /healthz, then runs:
+#   python-unauthorized  no token: 401 + Bearer challenge naming RFC 9728 metadata for this resource
 #   python-default   official Python client (PyPI mcp), Client(url): 2026-07-28, stateless
 #   python-legacy    official Python client, Client(url, mode="legacy"): initialize + session
 #   typescript       official TS SDK 1.x Client + StreamableHTTPClientTransport (2025-11-25)
-#   conformance      @modelcontextprotocol/conformance server scenarios under Node 22, once per
+#   (the clients send the bearer token sandbox mode prints, as MCP_TOKEN)
+#   conformance      @modelcontextprotocol/conformance server scenarios under Node 22 (it sends no
+#                    token, so against a second sandbox server with MCP_AUTH=none), once per
 #                    spec version in CONFORMANCE_VERSIONS, each scenario that applies at it,
 #                    with conformance-expected-failures.<version>.yml as the baseline
 # Prints PASS/FAIL per check, ends with "N passed, M failed"; exits 1 if any failed.
@@ -32,29 +35,16 @@ BIN=${1:-"$REPO/target/debug/voice-call-mcp"}
 
 log() { printf '[interop] %s\n' "$*"; }
 die() { printf '[interop] ERROR: %s\n' "$*" >&2; echo "0 passed, 1 failed"; exit 1; }
-sha() { sha256sum "$@" | sha256sum | cut -c1-16; }
+
 
 # ---------------------------------------------------------------- installs (idempotent)
-install_python() {
-  local stamp="$VENV/.installed" want
-  want=$(sha "$HERE/requirements.txt")
-  if [[ -x "$VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-    log "python deps: up to date"; return
-  fi
-  command -v python3 >/dev/null || die "python3 not found"
-  python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
-    || die "python3 >= 3.10 needed by mcp 2.x (found $(python3 --version))"
-  log "python deps: installing into $VENV"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-input -r "$HERE/requirements.txt"
-  "$VENV/bin/pip" check >/dev/null
-  echo "$want" > "$stamp"
-}
+# shellcheck source=../lib/venv.sh
+source "$HERE/../lib/venv.sh"
+install_python() { install_venv "$VENV" "$HERE/requirements.txt"; }
 
 install_node() {
   local stamp="$HERE/node_modules/.installed" want
-  want=$(sha "$HERE/package.json" "$HERE/package-lock.json")
+  want=$(venv_sha "$HERE/package.json" "$HERE/package-lock.json")
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$NODE22" ]]; then
     log "node deps: up to date"; return
   fi
@@ -110,6 +100,25 @@ EOF
 done
 [[ $healthy == 1 ]] || { tail -50 "$SERVER_LOG" >&2; die "/healthz not 200 within 60 s"; }
 log "server healthy at $URL"
+# Sandbox mode makes up a JWT secret and prints a token with every scope for it: the clients use that.
+MCP_TOKEN=$(sed -n 's/^Access token (24 h, every scope): //p' "$SERVER_LOG" | head -1)
+[[ -n "$MCP_TOKEN" ]] || { tail -50 "$SERVER_LOG" >&2; die "the sandbox server printed no access token"; }
+export MCP_TOKEN
+
+# The conformance suite sends no Authorization header, so its scenarios run against a second sandbox
+# server with MCP authorization off (MCP_AUTH=none, which the server allows on a loopback bind only).
+OPEN_PORT=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+OPEN_URL="http://127.0.0.1:$OPEN_PORT/mcp"
+OPEN_LOG="$RESULTS/server-open.log"
+NO_COLOR=1 MCP_AUTH=none "$BIN" serve --sandbox --port "$OPEN_PORT" --bind 127.0.0.1 >"$OPEN_LOG" 2>&1 &
+OPEN_PID=$!
+trap 'stop_server; kill "$OPEN_PID" 2>/dev/null || true' EXIT
+for _ in $(seq 120); do
+  kill -0 "$OPEN_PID" 2>/dev/null || { cat "$OPEN_LOG" >&2; die "the MCP_AUTH=none server exited"; }
+  grep -q "MCP endpoint:" "$OPEN_LOG" && break
+  sleep 0.5
+done
+grep -q "MCP endpoint:" "$OPEN_LOG" || die "the MCP_AUTH=none server did not start within 60 s"
 
 # ---------------------------------------------------------------- checks
 PASSED=0; FAILED=0; FAILED_NAMES=()
@@ -136,6 +145,7 @@ check() {
   fi
 }
 
+check python-unauthorized 60 "$VENV/bin/python" "$HERE/py_client.py" "$URL" unauthorized
 check python-default 120 "$VENV/bin/python" "$HERE/py_client.py" "$URL" default
 check python-legacy 120 "$VENV/bin/python" "$HERE/py_client.py" "$URL" legacy
 check typescript 120 "$NODE22" "$HERE/ts_client.mjs" "$URL"
@@ -147,7 +157,7 @@ for version in $CONFORMANCE_VERSIONS; do
   for scenario in $CONFORMANCE_SCENARIOS; do
     grep -qx -- "$scenario" <<<"$applicable" || continue
     check "conformance $version $scenario" 150 \
-      "$NODE22" "$CONFORMANCE" server --url "$URL" --scenario "$scenario" --spec-version "$version" \
+      "$NODE22" "$CONFORMANCE" server --url "$OPEN_URL" --scenario "$scenario" --spec-version "$version" \
       --expected-failures "$baseline" --timeout 60000 -o "$RESULTS/conformance_${version}_${scenario}"
   done
 done

@@ -2,7 +2,8 @@
 // pinned in package.json) over StreamableHTTPClientTransport. SDK 1.32 negotiates 2025-11-25
 // via initialize (sessions).
 //
-// usage: node ts_client.mjs URL      exit 0 when every step passed
+// usage: MCP_TOKEN=... node ts_client.mjs URL      exit 0 when every step passed
+// The bearer token comes from MCP_TOKEN and is sent with every request (requestInit headers).
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 
@@ -19,7 +20,11 @@ const dump = (v) => JSON.stringify(v).slice(0, 1500);
 
 async function run() {
   const client = new Client({ name: 'voice-call-mcp-interop-ts', version: '1.0.0' });
-  const transport = new StreamableHTTPClientTransport(new URL(url));
+  const token = process.env.MCP_TOKEN;
+  require(token, 'MCP_TOKEN is not set');
+  const transport = new StreamableHTTPClientTransport(new URL(url), {
+    requestInit: { headers: { Authorization: `Bearer ${token}` } },
+  });
   await client.connect(transport);
   try {
     console.log(`  negotiated protocol version: ${transport.protocolVersion}, session: ${transport.sessionId ? 'yes' : 'no'}`);

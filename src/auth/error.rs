@@ -34,6 +34,12 @@ impl AuthError {
     /// The `WWW-Authenticate` value (RFC 6750 §3). `resource_metadata` is the RFC 9728 metadata URL MCP
     /// clients use to discover the authorization server.
     pub fn www_authenticate(&self, resource_metadata: Option<&str>) -> String {
+        self.challenge(resource_metadata, None)
+    }
+
+    /// As [`AuthError::www_authenticate`], naming the scopes the request needs (`scope`, RFC 6750 §3) so
+    /// a client can ask its authorization server for the right ones.
+    pub fn challenge(&self, resource_metadata: Option<&str>, scope: Option<&str>) -> String {
         let mut params = vec![("realm", REALM.to_owned())];
         match self {
             // RFC 6750 §3.1: a request with no credentials gets no error code, just the challenge.
@@ -51,6 +57,11 @@ impl AuthError {
                 params.push(("error_description", format!("the '{needed}' scope is required")));
                 params.push(("scope", (*needed).to_owned()));
             }
+        }
+        if let Some(scope) = scope
+            && !matches!(self, Self::InsufficientScope { .. })
+        {
+            params.push(("scope", scope.to_owned()));
         }
         if let Some(url) = resource_metadata {
             params.push(("resource_metadata", url.to_owned()));

@@ -1,4 +1,4 @@
-//! Bearer-token (JWT) authentication for `/events` now and `/mcp` later.
+//! Bearer-token (JWT) authentication for `/mcp` and `/events`.
 //!
 //! This server is an OAuth resource server: it never issues tokens to clients itself (except HMAC
 //! tokens minted by the operator with `voice-call-mcp token`, or for sandbox mode); it only checks them,
@@ -9,15 +9,18 @@
 //! - [`Authenticator`] (`authenticator.rs`): token → claims; `key_file.rs` and `jwks.rs` supply its key.
 //! - [`mint`] (`token.rs`): HMAC tokens for the `token` command and sandbox mode.
 //! - [`bearer_token`], [`redact_query`] (`http.rs`): finding the token in a request, keeping it out of logs.
+//! - [`guard`]: the middleware in front of `/mcp` and `/events`; [`metadata`]: RFC 9728's document.
 //! - [`AuthError`] / [`AuthSetupError`] (`error.rs`): refusals as RFC 6750 challenges; setup failures
 //!   naming the setting.
 
 mod authenticator;
 mod claims;
 mod error;
+pub mod guard;
 mod http;
 mod jwks;
 mod key_file;
+pub mod metadata;
 mod token;
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod call;
 mod number;
 mod policy;
 mod registry;
+pub mod safety;
 mod status;
 
 #[cfg(test)]

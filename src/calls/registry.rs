@@ -14,7 +14,7 @@ use crate::store::{CallStore, StoredCall};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 /// Ended calls kept in memory for `get-call`/`list-calls`; older ones are forgotten first.
 const RETAINED_ENDED_CALLS: usize = 10_000;
@@ -48,6 +48,24 @@ pub struct CallRegistry {
     slots: Arc<Semaphore>,
     max_concurrent: usize,
     dials_in_flight: Arc<AtomicUsize>,
+    /// Woken whenever a slot is given back: draining waits on it for the last call to end.
+    freed: Arc<Notify>,
+}
+
+/// A call's place among the concurrent calls. Giving it back wakes whoever waits for the server to be
+/// idle (a draining shutdown).
+#[derive(Debug)]
+struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // The permit first, so a woken waiter already counts one call fewer.
+        drop(self.permit.take());
+        self.freed.notify_waiters();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -66,8 +84,8 @@ pub struct CallEntry {
     call: Mutex<Call>,
     /// Bumped on every change; `wait-for-call` and notifications wait on it instead of polling.
     version: watch::Sender<u64>,
-    /// The concurrency permit, released when the call ends.
-    slot: Mutex<Option<OwnedSemaphorePermit>>,
+    /// The concurrency slot, given back when the call's ending has been published.
+    slot: Mutex<Option<Slot>>,
     /// Per-call secret the media stream must present (it rides in the TwiML's `<Parameter>`).
     stream_token: String,
     store: Option<Arc<dyn CallStore>>,
@@ -98,13 +116,19 @@ impl CallEntry {
             (applied, call.clone())
         };
         if applied.changed() {
-            if snapshot.status.is_terminal() {
-                lock(&self.slot).take();
-            }
             self.save(&snapshot);
             self.version.send_modify(|v| *v += 1);
         }
         (applied, snapshot)
+    }
+
+    /// Gives the call's concurrency slot back once it has ended. Called by whoever publishes the ending
+    /// (the switchboard), after the call's last events are out: a draining shutdown waits for every slot,
+    /// so it must not see the call gone before its `call-ended` event is.
+    pub fn release_if_ended(&self) {
+        if lock(&self.call).status.is_terminal() {
+            lock(&self.slot).take();
+        }
     }
 
     /// Changes the call with `f` (for edges that add to it, e.g. transcript lines) and wakes watchers.
@@ -139,7 +163,7 @@ impl CallEntry {
 /// place back.
 #[derive(Debug)]
 pub struct DialTicket {
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<Slot>,
     in_flight: Arc<AtomicUsize>,
 }
 
@@ -161,6 +185,7 @@ impl CallRegistry {
             slots: Arc::new(Semaphore::new(max_concurrent)),
             max_concurrent,
             dials_in_flight: Arc::default(),
+            freed: Arc::default(),
         }
     }
 
@@ -174,7 +199,8 @@ impl CallRegistry {
             }
         };
         self.dials_in_flight.fetch_add(1, Ordering::AcqRel);
-        Ok(DialTicket { permit: Some(permit), in_flight: self.dials_in_flight.clone() })
+        let slot = Slot { permit: Some(permit), freed: self.freed.clone() };
+        Ok(DialTicket { permit: Some(slot), in_flight: self.dials_in_flight.clone() })
     }
 
     /// Refuses every later `reserve`; calls already placed go on.
@@ -292,6 +318,25 @@ impl CallRegistry {
     pub fn active_count(&self) -> usize {
         self.max_concurrent - self.slots.available_permits()
     }
+
+    /// Calls that have not ended, newest first.
+    pub fn active(&self) -> Vec<Call> {
+        self.list(None, usize::MAX).into_iter().filter(|c| !c.status.is_terminal()).collect()
+    }
+
+    /// Resolves once no call is active (none ringing, none connected, none being dialed).
+    pub async fn until_idle(&self) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the count is read, so a call ending in between is not missed.
+            freed.as_mut().enable();
+            if self.active_count() == 0 {
+                return;
+            }
+            freed.await;
+        }
+    }
 }
 
 impl Inner {
@@ -361,6 +406,8 @@ mod tests {
         assert_eq!(reg.active_count(), 2);
         assert!(reg.reserve().is_err());
         entry.apply(status(CallStatus::Completed, 4));
+        assert_eq!(reg.active_count(), 2, "the slot is held until the ending is published");
+        entry.release_if_ended();
         assert_eq!(reg.active_count(), 1);
         assert!(reg.reserve().is_ok());
     }

@@ -26,7 +26,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_FRAME: usize = 64 * 1024;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/twilio/media", get(upgrade))
+    Router::new()
+        .route("/twilio/media", get(upgrade))
+        .route_layer(axum::middleware::from_fn(crate::telemetry::route::count_rejections))
 }
 
 async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {

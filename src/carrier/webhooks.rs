@@ -24,6 +24,8 @@ pub fn router() -> Router<AppState> {
         .route("/twilio/status", post(status))
         .route("/twilio/recording", post(recording))
         .route("/twilio/amd", post(amd))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_WEBHOOK_BODY))
+        .route_layer(axum::middleware::from_fn(crate::telemetry::route::count_rejections))
 }
 
 /// A webhook's form parameters, once the signature has been checked.
@@ -40,6 +42,8 @@ impl Form {
 pub enum Rejection {
     Signature(&'static str),
     Malformed(&'static str),
+    /// Past the body limit (`DefaultBodyLimit` on the Twilio routes): Twilio's forms are a few KiB.
+    TooLarge,
 }
 
 impl IntoResponse for Rejection {
@@ -53,6 +57,10 @@ impl IntoResponse for Rejection {
                 tracing::warn!(reason = why, "webhook rejected: malformed");
                 (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response()
             }
+            Rejection::TooLarge => {
+                tracing::warn!("webhook rejected: body too large");
+                (StatusCode::PAYLOAD_TOO_LARGE, "the body is larger than a Twilio webhook's\n").into_response()
+            }
         }
     }
 }
@@ -62,11 +70,16 @@ impl axum::extract::FromRequest<AppState> for Form {
     type Rejection = Rejection;
 
     async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, Rejection> {
-        let (parts, body) = req.into_parts();
-        let body = axum::body::to_bytes(body, MAX_WEBHOOK_BODY)
-            .await
-            .map_err(|_| Rejection::Malformed("body too large or unreadable"))?;
-        verify(state, &parts.headers, &parts.uri, &body)
+        let (headers, uri) = (req.headers().clone(), req.uri().clone());
+        // Bounded by the routes' `DefaultBodyLimit`, which makes an oversized body a 413 rejection.
+        let body = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Rejection::TooLarge
+            } else {
+                Rejection::Malformed("the body could not be read")
+            }
+        })?;
+        verify(state, &headers, &uri, &body)
     }
 }
 

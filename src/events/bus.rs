@@ -97,6 +97,7 @@ impl EventBus {
             let mut ring = self.ring();
             let id = ring.next_id;
             ring.next_id += 1;
+            crate::telemetry::event_published();
             let p = Arc::new(Published::new(id, call_sid, kind.to_owned(), data));
             if ring.recent.len() == ring.capacity {
                 ring.recent.pop_front();
@@ -158,6 +159,31 @@ impl Follower {
         self.last
     }
 
+    /// The next event already published, without waiting (and without reading the store): for a
+    /// stream closing at shutdown, to hand over what it holds before it goes.
+    pub fn try_next(&mut self) -> Option<Arc<Published>> {
+        loop {
+            if let Some(e) = self.backlog.pop_front() {
+                if e.id > self.last {
+                    self.last = e.id;
+                    return Some(e);
+                }
+                continue;
+            }
+            if self.replaying {
+                return None;
+            }
+            match self.live.try_recv() {
+                Ok(e) if e.id > self.last => {
+                    self.last = e.id;
+                    return Some(e);
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// The next event after the last one delivered.
     pub async fn next(&mut self) -> Result<Arc<Published>, FollowError> {
         loop {
@@ -178,7 +204,10 @@ impl Follower {
                     return Ok(e);
                 }
                 Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(_)) => return Err(FollowError::Lagged),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    crate::telemetry::metrics().events_dropped(n);
+                    return Err(FollowError::Lagged);
+                }
                 Err(broadcast::error::RecvError::Closed) => return Err(FollowError::Closed),
             }
         }

@@ -8,6 +8,7 @@
 // conformance suite checks `logging/setLevel`.
 #![allow(deprecated)]
 
+mod access;
 mod notify;
 mod prompts;
 mod tools;
@@ -55,6 +56,10 @@ pub struct McpServer {
 impl McpServer {
     fn new(state: AppState, routes: Arc<Routes>) -> Self {
         Self { state, routes, log_level: Arc::new(Mutex::new(LoggingLevel::Info)), forwarders: Arc::default() }
+    }
+
+    fn access(&self, ctx: &RequestContext<RoleServer>) -> access::Access {
+        access::Access::of(ctx, self.state.config.access.mcp_requires_token)
     }
 
     /// Pushes a call's events to this session from after event `after`, if the session can be pushed to.
@@ -147,8 +152,10 @@ impl ServerHandler for McpServer {
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        let access = self.access(&context);
+        access.read().map_err(|e| ErrorData::invalid_request(e, None))?;
         let sid = call_sid_of(&request.uri)
-            .filter(|sid| self.state.calls.get(sid).is_some())
+            .filter(|sid| access.may_see(sid) && self.state.calls.get(sid).is_some())
             .ok_or_else(|| ErrorData::resource_not_found(format!("no resource {}", request.uri), None))?;
         self.forward(&context, sid, self.state.events.last_id());
         Ok(())
@@ -180,7 +187,17 @@ impl ServerHandler for McpServer {
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
-        let uris = context.accepted().resource_subscriptions.clone().unwrap_or_default();
+        let access = self.access(context.request_context());
+        access.read().map_err(|e| ErrorData::invalid_request(e, None))?;
+        // Only calls this token may see: the others are dropped from the subscription, silently.
+        let uris: Vec<String> = context
+            .accepted()
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .filter(|uri| call_sid_of(uri).is_some_and(|sid| access.may_see(sid)))
+            .cloned()
+            .collect();
         let mut follower = self.state.events.follow(None);
         loop {
             let event = tokio::select! {
@@ -204,9 +221,19 @@ impl ServerHandler for McpServer {
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let mut resources: Vec<Resource> = self.state.calls.list(None, 50).iter().map(call_resource).collect();
+        let access = self.access(&context);
+        access.read().map_err(|e| ErrorData::invalid_request(e, None))?;
+        let mut resources: Vec<Resource> = self
+            .state
+            .calls
+            .list(None, if access.limited_to_calls() { usize::MAX } else { 50 })
+            .iter()
+            .filter(|c| access.may_see(&c.call_sid))
+            .take(50)
+            .map(call_resource)
+            .collect();
         resources.push(
             Resource::new("call://transcriptions/latest", "latest transcription")
                 .with_title("Transcript of the latest call")
@@ -230,8 +257,10 @@ impl ServerHandler for McpServer {
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
+        let access = self.access(&context);
+        access.read().map_err(|e| ErrorData::invalid_request(e, None))?;
         let uri = request.uri.as_str();
         let not_found = || {
             ErrorData::resource_not_found(
@@ -243,13 +272,18 @@ impl ServerHandler for McpServer {
         };
         let body = match uri.strip_prefix("call://") {
             Some("transcriptions/latest") => {
-                let latest = self.state.calls.latest();
+                let latest = if access.limited_to_calls() {
+                    self.state.calls.list(None, usize::MAX).into_iter().find(|c| access.may_see(&c.call_sid))
+                } else {
+                    self.state.calls.latest()
+                };
                 serde_json::json!({
                     "callSid": latest.as_ref().map(|c| c.call_sid.clone()),
                     "status": latest.as_ref().map(|c| c.status),
                     "transcript": latest.map(|c| c.transcript).unwrap_or_default(),
                 })
             }
+            Some(sid) if !access.may_see(sid) => return Err(not_found()),
             Some(sid) => serde_json::to_value(self.state.calls.get(sid).ok_or_else(not_found)?)
                 .map_err(|e| ErrorData::internal_error(e.to_string(), None))?,
             None => return Err(not_found()),

@@ -11,6 +11,7 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ProgressNotificationParam, RequestMetaObject};
 use rmcp::service::RequestContext;
 use rmcp::{Json, Peer, RoleServer, tool, tool_router};
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -186,6 +187,13 @@ when the call has ended, with its transcript). Costs money and rings a real phon
         meta: RequestMetaObject,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<TriggerCallResult>, String> {
+        let access = self.access(&ctx);
+        access.write()?;
+        if access.limited_to_calls() {
+            return Err(
+                "this token is limited to particular calls (its 'calls' claim) and cannot place new ones".into()
+            );
+        }
         let peer = ctx.peer.clone();
         // Events from here on are this call's (or nobody's): a session hears all of them.
         let before = self.state.events.last_id();
@@ -199,6 +207,7 @@ when the call has ended, with its transcript). Costs money and rings a real phon
             record: args.record,
             machine_detection: args.machine_detection.unwrap_or(false),
             max_duration_secs: args.max_duration_secs,
+            caller: access.subject(),
         };
         let entry = self.state.switchboard.place(ask).await.map_err(|e| e.to_string())?;
         self.forward(&ctx, entry.call_sid(), before);
@@ -228,8 +237,14 @@ when the call has ended, with its transcript). Costs money and rings a real phon
         description = "Get one call's record: status, numbers, timing, answeredBy, recording and the transcript so far.",
         annotations(title = "Get a call", read_only_hint = true, open_world_hint = false)
     )]
-    async fn get_call(&self, Parameters(args): Parameters<CallSidArgs>) -> Result<Json<Call>, String> {
-        self.state.calls.get(args.call_sid.trim()).map(Json).ok_or_else(|| unknown_call(&args.call_sid))
+    async fn get_call(
+        &self,
+        Parameters(args): Parameters<CallSidArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<Call>, String> {
+        self.access(&ctx).read()?;
+        let sid = self.visible(&ctx, &args.call_sid)?;
+        self.state.calls.get(sid).map(Json).ok_or_else(|| unknown_call(sid))
     }
 
     #[tool(
@@ -237,13 +252,31 @@ when the call has ended, with its transcript). Costs money and rings a real phon
         description = "List calls placed by this server, newest first, optionally only those with given statuses.",
         annotations(title = "List calls", read_only_hint = true, open_world_hint = false)
     )]
-    async fn list_calls(&self, Parameters(args): Parameters<ListCallsArgs>) -> Json<ListCallsResult> {
+    async fn list_calls(
+        &self,
+        Parameters(args): Parameters<ListCallsArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<ListCallsResult>, String> {
+        let access = self.access(&ctx);
+        access.read()?;
         let limit = args.limit.unwrap_or(20).clamp(1, 200) as usize;
-        let calls = self.state.calls.list(args.status.as_deref(), limit);
-        Json(ListCallsResult {
-            calls: calls.iter().map(CallSummary::from).collect(),
-            active: self.state.calls.active_count(),
-        })
+        if !access.limited_to_calls() {
+            let calls = self.state.calls.list(args.status.as_deref(), limit);
+            return Ok(Json(ListCallsResult {
+                calls: calls.iter().map(CallSummary::from).collect(),
+                active: self.state.calls.active_count(),
+            }));
+        }
+        // A token limited to some calls sees only those, and counts only those.
+        let visible: Vec<Call> = self
+            .state
+            .calls
+            .list(args.status.as_deref(), usize::MAX)
+            .into_iter()
+            .filter(|c| access.may_see(&c.call_sid))
+            .collect();
+        let active = visible.iter().filter(|c| !c.status.is_terminal()).count();
+        Ok(Json(ListCallsResult { calls: visible.iter().take(limit).map(CallSummary::from).collect(), active }))
     }
 
     #[tool(
@@ -257,8 +290,14 @@ when the call has ended, with its transcript). Costs money and rings a real phon
             open_world_hint = true
         )
     )]
-    async fn end_call(&self, Parameters(args): Parameters<CallSidArgs>) -> Result<Json<EndCallResult>, String> {
-        let call = self.state.switchboard.end(args.call_sid.trim()).await.map_err(|e| e.to_string())?;
+    async fn end_call(
+        &self,
+        Parameters(args): Parameters<CallSidArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<EndCallResult>, String> {
+        self.access(&ctx).write()?;
+        let sid = self.visible(&ctx, &args.call_sid)?;
+        let call = self.state.switchboard.end(sid).await.map_err(|e| e.to_string())?;
         let message = if call.status.is_terminal() {
             format!("The call has ended ({}).", call.status)
         } else {
@@ -282,7 +321,10 @@ speaking to the callee). Only works while the call is connected.",
     async fn instruct_call(
         &self,
         Parameters(args): Parameters<InstructCallArgs>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<Json<InstructCallResult>, String> {
+        self.access(&ctx).write()?;
+        let sid = self.visible(&ctx, &args.call_sid)?;
         let text = args.instruction.trim();
         if text.is_empty() {
             return Err("instruction is empty: say what the voice agent should do now".into());
@@ -290,7 +332,6 @@ speaking to the callee). Only works while the call is connected.",
         if text.chars().count() > 4_000 {
             return Err("instruction is longer than 4000 characters; shorten it".into());
         }
-        let sid = args.call_sid.trim();
         if self.state.calls.get(sid).is_none() {
             return Err(unknown_call(sid));
         }
@@ -316,11 +357,13 @@ final status, duration and transcript.",
         &self,
         Parameters(args): Parameters<WaitForCallArgs>,
         meta: RequestMetaObject,
-        peer: Peer<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<Json<WaitForCallResult>, String> {
+        self.access(&ctx).read()?;
+        let sid = self.visible(&ctx, &args.call_sid)?;
         let limit = self.wait_limit();
         let timeout = args.timeout_secs.map(Duration::from_secs).map_or(limit, |t| t.min(limit));
-        let call = self.wait(args.call_sid.trim(), timeout, &meta, &peer).await?;
+        let call = self.wait(sid, timeout, &meta, &ctx.peer).await?;
         Ok(Json(WaitForCallResult {
             ended: call.status.is_terminal(),
             status: call.status,
@@ -333,6 +376,13 @@ final status, duration and transcript.",
 }
 
 impl McpServer {
+    /// The trimmed CallSid if the caller's `calls` claim covers it; a call it may not see is "unknown",
+    /// exactly as if it did not exist. (The scope is checked by each tool: reading or writing.)
+    fn visible<'a>(&self, ctx: &RequestContext<RoleServer>, call_sid: &'a str) -> Result<&'a str, String> {
+        let sid = call_sid.trim();
+        if self.access(ctx).may_see(sid) { Ok(sid) } else { Err(unknown_call(sid)) }
+    }
+
     fn sse_url(&self, call_sid: &str) -> String {
         format!("{}?callSid={call_sid}", self.state.config.public("/events"))
     }

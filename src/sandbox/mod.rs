@@ -20,7 +20,7 @@ use twilio::{SimulatorConfig, TwilioSimulator};
 pub struct Simulators {
     pub twilio: TwilioSimulator,
     pub realtime: RealtimeSimulator,
-    /// A token for the events feed, signed with a secret made up for this run. `None` when the operator
+    /// A token for `/mcp` and the events feed, signed with a secret made up for this run. `None` when the operator
     /// configured their own key: then a token printed to the log would be a real credential.
     pub token: Option<String>,
 }
@@ -57,25 +57,32 @@ pub async fn start(config: &mut Config, port: u16) -> std::io::Result<Simulators
     config.voice.url = voice_url;
     config.voice.api_key = rt_config.api_key;
     config.voice.auth_header = OpenAiAuthHeader::Authorization;
+    // No key configured: make one up for this run, so /mcp and the events feed work out of the box.
+    let made_up_key = config.auth.is_none();
+    if made_up_key {
+        config.auth =
+            Some(AuthConfig { key: JwtKey::Secret(hex(64)), algorithm: "HS256".into(), issuer: None, audience: None });
+    }
     if !config.public_url_given {
         let url = format!("http://127.0.0.1:{port}/");
-        config.public_url = url::Url::parse(&url).map_err(std::io::Error::other)?;
+        config.set_public_url(url::Url::parse(&url).map_err(std::io::Error::other)?);
+    } else {
+        let resource = config.resource();
+        if let Some(auth) = config.auth.as_mut()
+            && auth.audience.is_none()
+        {
+            auth.audience = Some(resource);
+        }
     }
     config.twilio.account_sid = sim_config.account_sid;
     config.twilio.auth_token = sim_config.auth_token;
     config.twilio.auth = crate::config::TwilioAuth::AuthToken;
     config.twilio.api_base = url::Url::parse(&sim.base_url()).map_err(std::io::Error::other)?;
-    // No key configured: make one up for this run, so the events feed works out of the box.
-    let mut token = None;
-    if config.auth.is_none() {
-        config.auth =
-            Some(AuthConfig { key: JwtKey::Secret(hex(64)), algorithm: "HS256".into(), issuer: None, audience: None });
-        token = sandbox_token(config);
-    }
+    let token = if made_up_key { sandbox_token(config) } else { None };
     Ok(Simulators { twilio: sim, realtime, token })
 }
 
-/// A token for the sandbox's events feed (and, later, `/mcp`), valid for a day.
+/// A token for the sandbox's `/mcp` and events feed, with every scope, valid for a day.
 fn sandbox_token(config: &Config) -> Option<String> {
     let auth = config.auth.as_ref()?;
     let JwtKey::Secret(secret) = &auth.key else { return None };

@@ -6,7 +6,8 @@
 //! time, cancels on barge-in and validates truncation. Like the Twilio simulator, everything it sees goes
 //! into a channel that tests await with a timeout.
 //!
-//! The scripted AI (first match wins): a pending `conversation.item.create` message → "Understood: …";
+//! The scripted AI (first match wins): a pending `conversation.item.create` message → [`GOODBYE`] and
+//! `end_call` if it says to "call end_call" (a wrap-up), else "Understood: …";
 //! the callee said "error please" → a `server_error`, no reply; "drop please" → the socket is dropped;
 //! "bye" → [`GOODBYE`] then the `end_call` function call; anything else → "You said: …. Thank you.";
 //! the first response with nothing heard → the instructions' `Begin the call by saying exactly: "…"`,
@@ -474,7 +475,12 @@ impl Connection {
     /// Picks the scripted reply and starts speaking it.
     async fn respond(&mut self) -> Step {
         let (text, end_call) = if let Some(instruction) = self.instruction.take() {
-            (format!("Understood: {instruction}"), false)
+            // Told to wrap up (time limit, shutdown): it does as a real model would, goodbye then end_call.
+            if instruction.contains("call end_call") {
+                (GOODBYE.to_owned(), true)
+            } else {
+                (format!("Understood: {instruction}"), false)
+            }
         } else if let Some(said) = self.heard.take() {
             let lower = said.to_lowercase();
             if lower.contains("error please") {

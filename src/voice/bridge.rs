@@ -18,6 +18,7 @@ use super::session;
 use crate::calls::{CallEntry, CallError, Speaker, TranscriptLine};
 use crate::carrier::stream::{self, Inbound, MarkName, Outbound};
 use crate::events::CallEvent;
+use crate::telemetry::relay::{Direction, RelayMeter};
 use futures::future::BoxFuture;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use std::collections::VecDeque;
@@ -154,6 +155,8 @@ struct Bridge<'a, T, R, L> {
     hang_up_deadline: Option<Instant>,
     handled_calls: Vec<String>,
     out: String,
+    /// Frames and relay latencies, flushed to the shared metrics about once a second.
+    meter: RelayMeter,
 }
 
 /// What the session needs to be configured (and reconfigured after a reconnect).
@@ -210,6 +213,7 @@ pub async fn run<T, R, L>(
         hang_up_deadline: None,
         handled_calls: Vec::new(),
         out: String::with_capacity(512),
+        meter: RelayMeter::default(),
         realtime,
     };
     if b.realtime.is_none() {
@@ -254,6 +258,7 @@ pub async fn run<T, R, L>(
             break;
         }
     }
+    b.meter.flush(crate::telemetry::metrics());
     if let Some(rt) = b.realtime.as_mut() {
         let _ = rt.close().await;
     }
@@ -323,6 +328,7 @@ where
     }
 
     async fn on_twilio(&mut self, frame: Option<Result<T::Msg, T::ReadError>>) -> Flow {
+        let read_at = self.meter.read(Direction::ToAi);
         let msg = match frame {
             Some(Ok(m)) => m,
             Some(Err(e)) => {
@@ -341,6 +347,7 @@ where
                     events::write_append(&mut self.out, &media.payload);
                     let text = std::mem::replace(&mut self.out, String::with_capacity(512));
                     self.send_rt_text(text).await;
+                    self.meter.relayed(Direction::ToAi, read_at, crate::telemetry::metrics);
                 } else if self.pending_audio.len() < MAX_PENDING_FRAMES {
                     self.pending_audio.push_back(media.payload.into_owned());
                 }
@@ -408,11 +415,13 @@ where
                 let update =
                     session::update(instructions, &voice, &self.settings.model, call.request.language.as_deref());
                 self.send_rt(&update).await;
+                let held = self.pending_audio.len() as u64;
                 while let Some(payload) = self.pending_audio.pop_front() {
                     events::write_append(&mut self.out, &payload);
                     let text = std::mem::replace(&mut self.out, String::with_capacity(512));
                     self.send_rt_text(text).await;
                 }
+                self.meter.relayed_late(Direction::ToAi, held);
                 self.send_rt(&ClientEvent::ResponseCreate { response: None }).await;
                 Flow::Continue
             }
@@ -434,7 +443,13 @@ where
         tracing::warn!(call_sid = %self.entry.call_sid(), code, message, "call error");
         let error =
             CallError { code: code.to_owned(), message: message.to_owned(), timestamp: OffsetDateTime::now_utc() };
-        self.entry.modify(|c| c.errors.push(error));
+        self.entry.modify(|c| c.errors.push(error.clone()));
+        self.line.publish(CallEvent::Error {
+            call_sid: self.entry.call_sid().to_owned(),
+            error: error.message,
+            code: error.code,
+            timestamp: error.timestamp,
+        });
     }
 
     fn transcribe(&self, speaker: Speaker, text: &str) {
@@ -453,6 +468,7 @@ where
     }
 
     async fn on_realtime(&mut self, event: Option<Result<R::Msg, R::ReadError>>) -> Flow {
+        let read_at = self.meter.read(Direction::ToCaller);
         let msg = match event {
             Some(Ok(m)) if !m.is_close() => m,
             other => {
@@ -502,6 +518,7 @@ where
                     }
                     Err(e) => tracing::error!(error = %e, "a mark did not serialize"),
                 }
+                self.meter.relayed(Direction::ToCaller, read_at, crate::telemetry::metrics);
                 Flow::Continue
             }
             ServerEvent::SpeechStarted { .. } => {

@@ -50,6 +50,12 @@ pub enum InstructError {
 }
 
 impl Voices {
+    /// The voice grace periods (draining waits for them).
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    /// `shutdown` is the wrap-up signal: when it is cancelled, live calls say goodbye and end.
     pub fn new(config: VoiceConfig, timing: Timing, tasks: TaskTracker, shutdown: CancellationToken) -> Self {
         Self { config, timing, tasks, shutdown, handles: Mutex::default() }
     }
@@ -65,7 +71,10 @@ impl Voices {
         let sid = entry.call_sid().to_owned();
         self.handles().insert(sid.clone(), Handle { twilio: Some(twilio_tx), commands: commands_tx });
         let voices = self.clone();
+        // Held for the task's life, never entered: entering a span on every poll would tax every frame.
+        let span = crate::telemetry::calls::voice(&sid);
         self.tasks.spawn(async move {
+            let _span = span;
             voices.live(entry, line, twilio_rx, commands_rx).await;
             voices.handles().remove(&sid);
         });

@@ -1,8 +1,8 @@
 //! The binary as an operator meets it: clear configuration errors, sandbox start, clean shutdown.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use crate::support::ServerProcess;
+use std::process::Command;
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_voice-call-mcp");
 
@@ -47,6 +47,7 @@ fn check_names_each_bad_setting_on_its_own_line() {
             "error: PORT: 'eighty' is not a port number (1-65535)",
             "error: TWILIO_ACCOUNT_SID: must be 'AC' followed by 32 hex digits",
             "error: MAX_CONCURRENT_CALLS: 'lots' is not a whole number",
+            "error: JWT_SECRET: is not set: /mcp needs a key to check tokens (JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL)",
         ]
     );
 
@@ -55,62 +56,47 @@ fn check_names_each_bad_setting_on_its_own_line() {
     assert!(String::from_utf8_lossy(&good.stdout).contains("configuration is valid (sandbox"));
 }
 
-/// A sandbox server as a child process, with every stderr line collected.
-struct Sandbox {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    seen: Vec<String>,
-    mcp_url: String,
+/// A sandbox server as a child process (`--port 0`), with what it printed at start.
+pub(crate) struct Sandbox {
+    process: ServerProcess,
+    pub(crate) mcp_url: String,
 }
 
 impl Sandbox {
     fn start(log: &str) -> Sandbox {
-        let mut child =
-            bare(&["serve", "--sandbox", "--port", "0"]).env("RUST_LOG", log).stderr(Stdio::piped()).spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut sandbox = Sandbox { child, lines, seen: Vec::new(), mcp_url: String::new() };
-        // Wait for the line that says it is listening (bounded: the child's stderr closes if it dies).
-        let line = sandbox.wait_for("MCP endpoint: ");
-        sandbox.mcp_url = line.split("MCP endpoint: ").nth(1).unwrap().trim().to_owned();
-        sandbox
+        Self::start_with(log, &[])
     }
 
-    fn wait_for(&mut self, needle: &str) -> String {
-        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                self.seen.push(line.clone());
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-        }
-        panic!("the server never printed {needle:?}; it printed {:?}", self.seen);
+    /// Started with extra settings in its environment.
+    pub(crate) fn start_with(log: &str, envs: &[(&str, &str)]) -> Sandbox {
+        let mut command = bare(&["serve", "--sandbox", "--port", "0"]);
+        command.env("RUST_LOG", log).envs(envs.iter().copied());
+        let mut process = ServerProcess::spawn(command);
+        let line = process.wait_for("MCP endpoint: ");
+        let mcp_url = line.split("MCP endpoint: ").nth(1).unwrap().trim().to_owned();
+        Sandbox { process, mcp_url }
     }
 
-    /// SIGTERM, then the exit code and everything it printed.
-    fn stop(mut self) -> (Option<i32>, Vec<String>) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let code = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s.code();
-            }
-            assert!(Instant::now() < deadline, "the server did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        self.seen.extend(self.lines.try_iter());
-        (code, self.seen)
+    /// The token sandbox mode printed for its made-up secret.
+    pub(crate) fn token(&mut self) -> String {
+        let line = self.wait_for("Access token (24 h, every scope): ");
+        line.split("Access token (24 h, every scope): ").nth(1).unwrap_or_default().trim().to_owned()
+    }
+
+    pub(crate) fn wait_for(&mut self, needle: &str) -> String {
+        self.process.wait_for(needle)
+    }
+
+    pub(crate) fn stop(self) -> (Option<i32>, Vec<String>) {
+        self.process.stop()
+    }
+
+    pub(crate) fn terminate(&self) {
+        self.process.terminate();
+    }
+
+    pub(crate) fn wait_exit(self, within: Duration) -> (Option<i32>, Vec<String>) {
+        self.process.wait_exit(within)
     }
 }
 
@@ -126,8 +112,8 @@ fn sandbox_serves_and_exits_zero_on_sigterm() {
 #[test]
 fn an_access_token_in_the_query_never_reaches_the_logs() {
     let mut sandbox = Sandbox::start("trace");
-    let token_line = sandbox.wait_for("Events token (24 h): ");
-    let printed = token_line.split("Events token (24 h): ").nth(1).unwrap_or_default();
+    let token_line = sandbox.wait_for("Access token (24 h, every scope): ");
+    let printed = token_line.split("Access token (24 h, every scope): ").nth(1).unwrap_or_default();
     assert_eq!(printed.trim().split('.').count(), 3, "a JWT is printed for the sandbox user");
     let events = sandbox.mcp_url.replace("/mcp", "/events");
     let planted = "planted.secret-token.value";

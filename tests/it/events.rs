@@ -5,31 +5,7 @@ use crate::sse::{Frame, Heard, Sse, listening_client, listening_stateless_client
 use crate::support::*;
 use serde_json::json;
 use voice_call_mcp::RawConfig;
-use voice_call_mcp::auth::{self, Claims};
 use voice_call_mcp::events::CallEvent;
-
-fn token(scope: &str, calls: Option<Vec<String>>, ttl: u64) -> String {
-    mint("dashboard", scope, calls, ttl)
-}
-
-fn token_for(sub: &str, ttl: u64) -> String {
-    mint(sub, "events:read", None, ttl)
-}
-
-fn mint(sub: &str, scope: &str, calls: Option<Vec<String>>, ttl: u64) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let claims = Claims {
-        sub: sub.into(),
-        exp: now + ttl,
-        iat: Some(now),
-        nbf: None,
-        iss: None,
-        aud: None,
-        scope: scope.into(),
-        calls,
-    };
-    auth::mint(JWT_SECRET, "HS256", &claims).unwrap()
-}
 
 fn events_url(server: &TestServer, query: &str) -> String {
     format!("{}/events{query}", server.base)
@@ -56,7 +32,7 @@ fn kinds(frames: &[Frame]) -> Vec<String> {
 #[tokio::test]
 async fn a_call_is_followed_live_on_events_and_by_the_mcp_session_that_placed_it() {
     let server = TestServer::with(Setup { talk_time: None, media: true, ..Setup::default() }).await;
-    let mut feed = subscribe(&server, "", &token("events:read", None, 600)).await;
+    let mut feed = subscribe(&server, "", &mint(&server.base, "dashboard", "events:read", None, 600)).await;
     assert_eq!(feed.headers["content-type"], "text/event-stream; charset=utf-8");
     assert_eq!(feed.headers["cache-control"], "no-store");
     assert_eq!(feed.headers["x-accel-buffering"], "no");
@@ -107,7 +83,7 @@ async fn a_call_is_followed_live_on_events_and_by_the_mcp_session_that_placed_it
 #[tokio::test]
 async fn a_reconnecting_subscriber_gets_exactly_what_it_missed() {
     let server = TestServer::start().await;
-    let token = token("events:read", None, 600);
+    let token = mint(&server.base, "dashboard", "events:read", None, 600);
     let mut whole = subscribe(&server, "", &token).await;
     whole.next().await; // connected
     let mut first = subscribe(&server, "", &token).await;
@@ -169,7 +145,8 @@ async fn history_and_replay_survive_a_restart_on_the_same_database() {
     let placed = call_tool(&client, "trigger-call", json!({"toNumber": "+14155550123", "callContext": "x"})).await;
     let sid = ok(&placed)["callSid"].as_str().unwrap().to_owned();
     let done = server.until_call(&sid, |c| c.status.is_terminal()).await;
-    let mut feed = subscribe(&server, "?lastEventId=0", &token("events:read", None, 600)).await;
+    let mut feed =
+        subscribe(&server, "?lastEventId=0", &mint(&server.base, "dashboard", "events:read", None, 600)).await;
     let before = feed.until(|f| f.event == "call-ended").await;
     client.cancel().await.unwrap();
     server.stop().await;
@@ -180,7 +157,12 @@ async fn history_and_replay_survive_a_restart_on_the_same_database() {
     assert_eq!(record["status"], "completed");
     assert_eq!(record["transcript"].as_array().unwrap().len(), done.transcript.len());
     let resume_from = before[2].id.clone().unwrap();
-    let mut feed = subscribe(&server, &format!("?lastEventId={resume_from}"), &token("events:read", None, 600)).await;
+    let mut feed = subscribe(
+        &server,
+        &format!("?lastEventId={resume_from}"),
+        &mint(&server.base, "dashboard", "events:read", None, 600),
+    )
+    .await;
     let after = feed.until(|f| f.event == "call-ended").await;
     assert_eq!(after[1..], before[3..], "replayed from the file, exactly");
     // New events continue the numbering.
@@ -198,8 +180,8 @@ async fn history_and_replay_survive_a_restart_on_the_same_database() {
 #[tokio::test]
 async fn subscribers_see_exactly_what_their_filters_and_tokens_allow() {
     let server = TestServer::start().await;
-    let all = token("events:read", None, 600);
-    let only_two = token("events:read", Some(vec!["CA2".into()]), 600);
+    let all = mint(&server.base, "dashboard", "events:read", None, 600);
+    let only_two = mint(&server.base, "dashboard", "events:read", Some(vec!["CA2".into()]), 600);
     let mut everything = subscribe(&server, "", &all).await;
     let mut one_call = subscribe(&server, "?callSid=CA1", &all).await;
     let mut two_calls_dtmf = subscribe(&server, "?callSid=CA1&callSid=CA3&types=dtmf", &all).await;
@@ -252,7 +234,7 @@ async fn subscribers_see_exactly_what_their_filters_and_tokens_allow() {
 async fn a_stalled_subscriber_is_cut_off_while_the_others_keep_up() {
     use tokio::io::AsyncWriteExt;
     let server = TestServer::start().await;
-    let token = token("events:read", None, 600);
+    let token = mint(&server.base, "dashboard", "events:read", None, 600);
     // A client that sends its request and then never reads a byte.
     let addr = server.base.trim_start_matches("http://").to_owned();
     let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -308,11 +290,12 @@ async fn the_feed_refuses_bad_tokens_with_the_right_status_and_accepts_the_three
     assert!(no_token.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
     let garbage = http.get(&url).bearer_auth("not.a.jwt").send().await.unwrap();
     assert_eq!(garbage.status(), 401);
-    let wrong_scope = http.get(&url).bearer_auth(token("calls:read", None, 600)).send().await.unwrap();
+    let wrong_scope =
+        http.get(&url).bearer_auth(mint(&server.base, "dashboard", "calls:read", None, 600)).send().await.unwrap();
     assert_eq!(wrong_scope.status(), 403);
     assert!(wrong_scope.headers()["www-authenticate"].to_str().unwrap().contains("insufficient_scope"));
 
-    let good = token("events:read", None, 600);
+    let good = mint(&server.base, "dashboard", "events:read", None, 600);
     let by_header = Sse::open(http.get(&url).bearer_auth(&good)).await;
     let by_cookie = Sse::open(http.get(&url).header("cookie", format!("access_token={good}"))).await;
     let by_query = Sse::open(http.get(format!("{url}?access_token={good}"))).await;
@@ -334,15 +317,15 @@ async fn open_streams_are_capped_in_total_and_per_subject() {
     let server = TestServer::with(Setup { raw, ..Setup::default() }).await;
     let url = events_url(&server, "");
     let http = reqwest::Client::new();
-    let a1 = Sse::open(http.get(&url).bearer_auth(token_for("alice", 600))).await;
-    let a2 = Sse::open(http.get(&url).bearer_auth(token_for("alice", 600))).await;
+    let a1 = Sse::open(http.get(&url).bearer_auth(mint(&server.base, "alice", "events:read", None, 600))).await;
+    let a2 = Sse::open(http.get(&url).bearer_auth(mint(&server.base, "alice", "events:read", None, 600))).await;
     assert_eq!((a1.status, a2.status), (200, 200));
-    let a3 = http.get(&url).bearer_auth(token_for("alice", 600)).send().await.unwrap();
+    let a3 = http.get(&url).bearer_auth(mint(&server.base, "alice", "events:read", None, 600)).send().await.unwrap();
     assert_eq!(a3.status(), 429, "a third stream for one subject");
     assert!(a3.headers().contains_key("retry-after"));
-    let b1 = Sse::open(http.get(&url).bearer_auth(token_for("bob", 600))).await;
+    let b1 = Sse::open(http.get(&url).bearer_auth(mint(&server.base, "bob", "events:read", None, 600))).await;
     assert_eq!(b1.status, 200);
-    let b2 = http.get(&url).bearer_auth(token_for("bob", 600)).send().await.unwrap();
+    let b2 = http.get(&url).bearer_auth(mint(&server.base, "bob", "events:read", None, 600)).send().await.unwrap();
     assert_eq!(b2.status(), 503, "a fourth stream in total");
     assert!(b2.headers().contains_key("retry-after"));
     // A closed stream gives its place back.
@@ -352,7 +335,7 @@ async fn open_streams_are_capped_in_total_and_per_subject() {
         assert!(tokio::time::Instant::now() < deadline, "the closed stream's place was never given back");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let again = Sse::open(http.get(&url).bearer_auth(token_for("alice", 600))).await;
+    let again = Sse::open(http.get(&url).bearer_auth(mint(&server.base, "alice", "events:read", None, 600))).await;
     assert_eq!(again.status, 200);
     server.stop().await;
 }
@@ -360,10 +343,17 @@ async fn open_streams_are_capped_in_total_and_per_subject() {
 #[tokio::test]
 async fn the_stream_closes_when_its_token_expires() {
     let server = TestServer::start().await;
-    let mut feed = subscribe(&server, "", &token_for("short-lived", 1)).await;
+    // `exp` has whole-second precision, so a one-second token can be expired before it is used:
+    // three seconds leaves at least two of life for the connect.
+    let short_lived = mint(&server.base, "short-lived", "events:read", None, 3);
+    let mut feed = subscribe(&server, "", &short_lived).await;
     assert_eq!(feed.next().await.unwrap().event, "connected");
     assert_eq!(feed.next().await, None, "the stream ended at the token's expiry");
     assert!(feed.comments.lock().unwrap().iter().any(|c| c.contains("token expired")));
+    // Reconnecting with it is refused, though validation would still allow it some leeway: a stream
+    // that would end at once would only have EventSource reconnect in a loop.
+    let again = reqwest::Client::new().get(events_url(&server, "")).bearer_auth(&short_lived).send().await.unwrap();
+    assert_eq!(again.status(), 401);
     server.stop().await;
 }
 
@@ -391,7 +381,7 @@ async fn resuming_from_before_retention_says_so() {
     let mut feed = Sse::open(
         reqwest::Client::new()
             .get(events_url(&server, ""))
-            .bearer_auth(token("events:read", None, 600))
+            .bearer_auth(mint(&server.base, "dashboard", "events:read", None, 600))
             .header("Last-Event-ID", "2"),
     )
     .await;

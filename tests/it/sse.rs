@@ -8,7 +8,6 @@ use rmcp::model::{
     ResourceUpdatedNotificationParam,
 };
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt, NotificationContext, RunningService};
-use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, RoleClient};
 use tokio::sync::mpsc;
 
@@ -158,7 +157,10 @@ async fn listening(
     lifecycle: ClientLifecycleMode,
 ) -> (RunningService<RoleClient, Listener>, mpsc::UnboundedReceiver<Heard>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let transport = StreamableHttpClientTransport::from_uri(format!("{base}/mcp"));
+    let transport = crate::support::mcp_transport(
+        base,
+        &crate::support::mint(base, "assistant", crate::support::ALL_SCOPES, None, 3600),
+    );
     let client = Listener(tx).serve_with_lifecycle(transport, lifecycle).await.expect("the client connects");
     (client, rx)
 }

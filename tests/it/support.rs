@@ -4,9 +4,11 @@ use rmcp::RoleClient;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig, ProtocolVersion};
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::Value;
 use std::time::Duration;
 use tokio::sync::oneshot;
+use voice_call_mcp::auth::{self, Claims};
 use voice_call_mcp::calls::{Call, CallStatus};
 use voice_call_mcp::sandbox::realtime::{RealtimeSimConfig, RealtimeSimEvent, RealtimeSimulator};
 use voice_call_mcp::sandbox::twilio::{SimRequest, SimulatorConfig, TwilioSimulator};
@@ -104,8 +106,13 @@ impl TestServer {
             openai_api_key: Some("sk-test".into()),
             openai_realtime_url: Some(realtime.url()),
             shutdown_grace_secs: Some("2".into()),
+            // Calls still up when a test stops the server get one second before they are wrapped up.
+            drain_timeout_secs: setup.raw.drain_timeout_secs.clone().or_else(|| Some("1".into())),
             database_url: setup.raw.database_url.clone().or_else(|| Some("sqlite::memory:".into())),
-            jwt_secret: setup.raw.jwt_secret.clone().or_else(|| Some(JWT_SECRET.into())),
+            // The shared HMAC secret, unless the test names another key source (a JWKS, a PEM file).
+            jwt_secret: setup.raw.jwt_secret.clone().or_else(|| {
+                (setup.raw.jwt_jwks_url.is_none() && setup.raw.jwt_public_key_file.is_none()).then(|| JWT_SECRET.into())
+            }),
             ..setup.raw
         };
         let config = raw.validate().expect("test configuration is valid");
@@ -117,13 +124,22 @@ impl TestServer {
         Self { base, state, sim, realtime, stop: Some(stop), served: Some(served) }
     }
 
+    /// An MCP client whose token has every scope.
     pub async fn client(&self, era: Era) -> Client {
-        let transport = StreamableHttpClientTransport::from_uri(format!("{}/mcp", self.base));
-        let lifecycle = match era {
-            Era::Session => ClientLifecycleMode::Initialize,
-            Era::Stateless => ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] },
-        };
-        ClientConfig::default().serve_with_lifecycle(transport, lifecycle).await.expect("MCP client connects")
+        self.client_with(era, &self.token(ALL_SCOPES)).await
+    }
+
+    /// An MCP client presenting `token`.
+    pub async fn client_with(&self, era: Era, token: &str) -> Client {
+        ClientConfig::default()
+            .serve_with_lifecycle(mcp_transport(&self.base, token), lifecycle(era))
+            .await
+            .expect("MCP client connects")
+    }
+
+    /// A token for this server (subject `assistant`, an hour) with `scope`.
+    pub fn token(&self, scope: &str) -> String {
+        mint(&self.base, "assistant", scope, None, 3600)
     }
 
     /// The next thing the simulator saw, skipping nothing.
@@ -192,6 +208,47 @@ impl TestServer {
     }
 }
 
+pub fn lifecycle(era: Era) -> ClientLifecycleMode {
+    match era {
+        Era::Session => ClientLifecycleMode::Initialize,
+        Era::Stateless => ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] },
+    }
+}
+
+/// Every scope this server knows.
+pub const ALL_SCOPES: &str = "calls:write calls:read events:read";
+
+/// A token for the test server at `base`: signed with [`JWT_SECRET`], for the audience `{base}/mcp`
+/// (the server's resource URL, its default audience).
+pub fn mint(base: &str, sub: &str, scope: &str, calls: Option<Vec<String>>, ttl: u64) -> String {
+    let base_claims = claims(base, scope);
+    let now = base_claims.iat.unwrap_or_default();
+    let claims = Claims { sub: sub.into(), exp: now + ttl, calls, ..base_claims };
+    auth::mint(JWT_SECRET, "HS256", &claims).unwrap()
+}
+
+/// Claims of a token for the test server at `base` (subject `assistant`, ten minutes, every call),
+/// for tests that change a field or sign with another key.
+pub fn claims(base: &str, scope: &str) -> Claims {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    Claims {
+        sub: "assistant".into(),
+        exp: now + 600,
+        iat: Some(now),
+        nbf: None,
+        iss: None,
+        aud: Some(format!("{base}/mcp").into()),
+        scope: scope.into(),
+        calls: None,
+    }
+}
+
+/// The Streamable HTTP client transport for `{base}/mcp`, sending `token` as a bearer token.
+pub fn mcp_transport(base: &str, token: &str) -> StreamableHttpClientTransport<reqwest::Client> {
+    let config = StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp")).auth_header(token);
+    StreamableHttpClientTransport::from_config(config)
+}
+
 /// `tools/call` from any client, whatever handles its notifications.
 pub async fn call_tool<H: rmcp::ClientHandler>(
     client: &RunningService<RoleClient, H>,
@@ -219,4 +276,87 @@ pub fn error_text(result: &CallToolResult) -> String {
 
 pub fn form_values<'a>(form: &'a [(String, String)], name: &str) -> Vec<&'a str> {
     form.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+}
+
+/// The server binary as a child process, with every stderr line collected as it comes. Killed when
+/// dropped, so a failed test leaves nothing running.
+pub struct ServerProcess {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far.
+    pub seen: Vec<String>,
+}
+
+impl ServerProcess {
+    /// Spawns `command` (stderr captured) and starts reading its lines.
+    pub fn spawn(mut command: std::process::Command) -> Self {
+        use std::io::BufRead;
+        let mut child = command.stderr(std::process::Stdio::piped()).spawn().expect("the server binary starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, lines, seen: Vec::new() }
+    }
+
+    /// Waits (bounded by [`WAIT`]) for a line containing `needle`, and returns it. The child's stderr
+    /// closes if it dies, which ends the wait at once.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = std::time::Instant::now() + WAIT;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("the server never printed {needle:?}; it printed {:#?}", self.seen);
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        assert!(status.expect("kill runs").success());
+    }
+
+    /// Waits (bounded) for the process to exit — its stderr closing — and returns its exit code and
+    /// every line it printed.
+    pub fn wait_exit(mut self, within: Duration) -> (Option<i32>, Vec<String>) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.checked_duration_since(std::time::Instant::now()).unwrap_or_default();
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the server did not exit in {within:?}; it printed {:#?}", self.seen)
+                }
+            }
+        }
+        let code = self.child.wait().expect("the exit status is read").code();
+        (code, std::mem::take(&mut self.seen))
+    }
+
+    /// SIGTERM, then the exit code and everything it printed.
+    pub fn stop(self) -> (Option<i32>, Vec<String>) {
+        self.terminate();
+        self.wait_exit(WAIT)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -156,13 +156,20 @@ async fn the_time_limit_ends_a_call_politely() {
     // A callee who never speaks, and a 5-second limit.
     let sid =
         place(&server, &client, json!({"toNumber": "+14155550007", "callContext": "x", "maxDurationSecs": 5})).await;
+    // The model is told why, in the conversation, and asked to answer.
+    let told = server
+        .rt_until(|e| match e {
+            RealtimeSimEvent::Received { event, .. } if event["type"] == "conversation.item.create" => {
+                Some(event["item"]["content"][0]["text"].as_str().unwrap_or_default().to_owned())
+            }
+            _ => None,
+        })
+        .await;
+    assert!(told.contains("time limit") && told.contains("end_call"), "{told}");
     let call = server.until_call(&sid, |c| c.status.is_terminal()).await;
     assert_eq!(call.status, CallStatus::Completed);
-    assert!(
-        call.transcript.iter().any(|l| l.speaker == Speaker::Ai && l.text.contains("time limit")),
-        "the model was asked to wrap up: {:?}",
-        lines(&call)
-    );
+    // It said goodbye, and the goodbye was the last thing said: the hang-up came after it had played.
+    assert_eq!(lines(&call).last().unwrap(), &(Speaker::Ai, "Goodbye, and thank you!".to_owned()));
     client.cancel().await.unwrap();
     server.stop().await;
 }
@@ -175,6 +182,19 @@ async fn a_realtime_error_is_recorded_on_the_call_which_goes_on() {
     let call = server.until_call(&sid, |c| c.status.is_terminal()).await;
     assert_eq!(call.status, CallStatus::Completed);
     assert!(call.errors.iter().any(|e| e.code == "simulated_error"), "{:?}", call.errors);
+    // And it is an `error` event on the feed, for dashboards and the session that placed the call.
+    let mut log = server.state.events.follow(Some(0));
+    let error = tokio::time::timeout(WAIT, async {
+        loop {
+            let e = log.next().await.unwrap();
+            if e.kind == "error" && e.call_sid == sid {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("an error event was published");
+    assert!(error.data.contains("\"code\":\"simulated_error\""), "{}", error.data);
     assert_eq!(lines(&call).last().unwrap(), &(Speaker::Ai, "Goodbye, and thank you!".to_owned()));
     client.cancel().await.unwrap();
     server.stop().await;
