@@ -237,8 +237,10 @@ pub async fn serve(
             if asked {
                 drain_calls(&state).await;
             }
-            // Ends MCP sessions and their open streams, and event streams, so connections can close.
+            // Ends MCP sessions and their open streams, and event streams (after what was published so
+            // far), so connections can close.
             state.shutdown.cancel();
+            state.events.close();
         }
     };
     // Buckets of clients not seen for a while are forgotten, so the limiters' memory stays bounded.

@@ -42,7 +42,6 @@ impl From<StoredEvent> for Published {
 #[derive(Debug)]
 pub struct EventBus {
     inner: Mutex<Ring>,
-    live: broadcast::Sender<Arc<Published>>,
     store: Arc<dyn EventStore>,
 }
 
@@ -51,6 +50,8 @@ struct Ring {
     next_id: u64,
     recent: VecDeque<Arc<Published>>,
     capacity: usize,
+    /// The live feed; `None` once [`EventBus::close`] has ended it.
+    live: Option<broadcast::Sender<Arc<Published>>>,
 }
 
 /// How far a follower may fall behind before it is cut off, in events.
@@ -75,7 +76,8 @@ impl EventBus {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
         let next_id = store.last_event_id() + 1;
         let (live, _) = broadcast::channel(FOLLOWER_QUEUE);
-        Self { inner: Mutex::new(Ring { next_id, recent: VecDeque::new(), capacity: RECENT }), live, store }
+        let ring = Ring { next_id, recent: VecDeque::new(), capacity: RECENT, live: Some(live) };
+        Self { inner: Mutex::new(ring), store }
     }
 
     fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
@@ -112,8 +114,10 @@ impl EventBus {
                 data: p.data.to_string(),
                 at: OffsetDateTime::now_utc(),
             });
-            // No follower is not an error: the event is still logged.
-            let _ = self.live.send(p.clone());
+            // No follower (or a closed feed) is not an error: the event is still logged.
+            if let Some(live) = &ring.live {
+                let _ = live.send(p.clone());
+            }
             p
         };
         published.id
@@ -124,11 +128,27 @@ impl EventBus {
         self.ring().next_id - 1
     }
 
+    /// Ends the live feed, at shutdown: every follower first gets what was published before, then
+    /// [`FollowError::Closed`]. Followers learn it from the feed they already wait on, in order, so none
+    /// has to watch a shutdown signal on every event. Later events are still logged.
+    pub fn close(&self) {
+        self.ring().live = None;
+    }
+
     /// Follows the log from after `after` (replaying what was missed), or from now when `None`.
     pub fn follow(self: &Arc<Self>, after: Option<u64>) -> Follower {
-        // Subscribe before looking at history: whatever is published from here on is in `live`.
-        let live = self.live.subscribe();
-        let last = after.unwrap_or_else(|| self.last_id());
+        // Subscribed under the ring's lock, with the id read there: every event after `last` is either
+        // in the history looked at from here or in `live`.
+        let (live, newest) = {
+            let ring = self.ring();
+            let live = match &ring.live {
+                Some(sender) => sender.subscribe(),
+                // Closed: a feed that ends at once.
+                None => broadcast::channel(1).1,
+            };
+            (live, ring.next_id - 1)
+        };
+        let last = after.unwrap_or(newest);
         Follower { bus: self.clone(), live, last, backlog: VecDeque::new(), replaying: after.is_some() }
     }
 
@@ -157,31 +177,6 @@ pub struct Follower {
 impl Follower {
     pub fn last_id(&self) -> u64 {
         self.last
-    }
-
-    /// The next event already published, without waiting (and without reading the store): for a
-    /// stream closing at shutdown, to hand over what it holds before it goes.
-    pub fn try_next(&mut self) -> Option<Arc<Published>> {
-        loop {
-            if let Some(e) = self.backlog.pop_front() {
-                if e.id > self.last {
-                    self.last = e.id;
-                    return Some(e);
-                }
-                continue;
-            }
-            if self.replaying {
-                return None;
-            }
-            match self.live.try_recv() {
-                Ok(e) if e.id > self.last => {
-                    self.last = e.id;
-                    return Some(e);
-                }
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
     }
 
     /// The next event after the last one delivered.

@@ -5,9 +5,11 @@
 //! it sees; `callSid` (repeatable) and `types` narrow further. `Last-Event-ID` (or `lastEventId` on
 //! first connect) replays what was missed, then continues live.
 //!
-//! Each stream is pumped by its own task into a small bounded queue: a reader that stops reading for
-//! longer than the dispatch timeout, or falls further behind the log than the follower queue holds, is
-//! disconnected with a final comment telling it where to resume — the publisher never waits on it.
+//! Each stream is the response body itself ([`EventStream`]): the connection that writes it reads the
+//! event log when it has room, so an event costs one task wake-up per subscriber. The publisher never
+//! waits on a reader: one that falls further behind the log than the follower queue holds is told, in a
+//! final comment, where to resume, and disconnected; one whose socket accepts nothing at all is closed
+//! by the listener's write-stall limit (`listener::WRITE_STALL_LIMIT`), which gives back its place.
 
 use super::{EVENT_TYPES, FollowError, Follower, Published};
 use crate::app::AppState;
@@ -18,16 +20,10 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
-/// Mercure's figure: a subscriber that takes longer than this to accept one event is cut off.
-const DISPATCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Frames buffered per stream between the pump and the socket.
-const STREAM_QUEUE: usize = 64;
 /// The reconnection delay suggested to EventSource.
 const RETRY_MS: u32 = 3000;
 
@@ -247,12 +243,10 @@ async fn events(State(state): State<AppState>, request: Request) -> Result<Respo
         Some(after) => state.events.oldest_retained().await.filter(|&oldest| oldest > after + 1),
         None => None,
     };
-    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
-    let pump =
-        Pump { tx, follower, filter, claims, heartbeat: sse.heartbeat, shutdown: state.shutdown.clone(), _slot: slot };
-    let after_text = after.map(|a| a.to_string());
-    state.tasks.spawn(pump.run(truncated.zip(after_text)));
-    let body = Body::from_stream(tokio_stream_from(rx));
+    let stream = EventStream::new(follower, filter, &claims, sse.heartbeat, slot, truncated.zip(after));
+    let body = Body::from_stream(futures::stream::unfold(stream, |mut stream| async move {
+        stream.next_frame().await.map(|frame| (Ok::<_, std::convert::Infallible>(frame), stream))
+    }));
     let mut response = Response::new(body);
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
@@ -264,19 +258,17 @@ async fn events(State(state): State<AppState>, request: Request) -> Result<Respo
     Ok(response)
 }
 
-fn tokio_stream_from(
-    mut rx: mpsc::Receiver<Bytes>,
-) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok)))
-}
-
-struct Pump {
-    tx: mpsc::Sender<Bytes>,
+/// One subscriber's stream: what it follows, what it may see, and its clocks. Owned by the response body
+/// and advanced by the connection that writes it.
+struct EventStream {
     follower: Follower,
     filter: Filter,
-    claims: Claims,
-    heartbeat: Duration,
-    shutdown: CancellationToken,
+    heartbeat: tokio::time::Interval,
+    expiry: Pin<Box<tokio::time::Sleep>>,
+    /// Frames that go before anything else: the greeting, a replay note, a closing comment.
+    outbox: VecDeque<Bytes>,
+    /// The stream has decided to end: what is in `outbox` goes out, then the body ends.
+    ending: bool,
     _slot: Slot,
 }
 
@@ -293,95 +285,76 @@ fn frame(e: &Published) -> Bytes {
     Bytes::from(s)
 }
 
-impl Pump {
-    /// Sends a frame, giving up on a reader that does not take it within the dispatch timeout.
-    async fn send(&self, frame: Bytes) -> bool {
-        // Room in the queue (the usual case): no timer. `send_timeout` registers one with the runtime's
-        // timer driver, shared by every stream, on every call: at 1,000 streams × 50 events/s that was a
-        // measurable part of each delivery.
-        let frame = match self.tx.try_send(frame) {
-            Ok(()) => return true,
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            Err(mpsc::error::TrySendError::Full(frame)) => frame,
-        };
-        match self.tx.send_timeout(frame, DISPATCH_TIMEOUT).await {
-            Ok(()) => true,
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                crate::telemetry::metrics().events_dropped(1);
-                false
-            }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
-        }
-    }
-
-    /// At shutdown: what was published before it (a call's last events, say) still goes out, then a
-    /// comment saying where to resume. Never waits: a reader with a full queue gets only what fits.
-    fn hand_over_and_close(&mut self) {
-        while let Some(e) = self.follower.try_next() {
-            if self.filter.admits(&e) && self.tx.try_send(e.wire.get_or_init(|| frame(&e)).clone()).is_err() {
-                return;
-            }
-        }
-        let last = self.follower.last_id();
-        let _ =
-            self.tx.try_send(Bytes::from(format!(": server shutting down; reconnect with Last-Event-ID: {last}\n\n")));
-    }
-
-    async fn run(mut self, truncated: Option<(u64, String)>) {
+impl EventStream {
+    /// `truncated`: the oldest retained id and the id the client asked to resume after, when retention
+    /// has already dropped events it missed.
+    fn new(
+        follower: Follower,
+        filter: Filter,
+        claims: &Claims,
+        heartbeat: Duration,
+        slot: Slot,
+        truncated: Option<(u64, u64)>,
+    ) -> Self {
         let client_id = format!("{:016x}", rand::random::<u64>());
-        let hello = format!(
+        let mut outbox = VecDeque::with_capacity(2);
+        outbox.push_back(Bytes::from(format!(
             "retry: {RETRY_MS}\n: voice-call-mcp events\n\nevent: connected\ndata: {{\"type\":\"connected\",\"clientId\":\"{client_id}\"}}\n\n"
-        );
-        if !self.send(Bytes::from(hello)).await {
-            return;
-        }
+        )));
         if let Some((oldest, requested)) = truncated {
-            let note = format!(
+            outbox.push_back(Bytes::from(format!(
                 "event: replay-truncated\ndata: {{\"type\":\"replay-truncated\",\"lastEventId\":\"{requested}\",\"oldestRetainedId\":\"{oldest}\"}}\n\n"
-            );
-            if !self.send(Bytes::from(note)).await {
-                return;
-            }
+            )));
         }
-        let expires = tokio::time::Instant::now() + Duration::from_secs(self.claims.exp.saturating_sub(now_secs()));
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
-        // Made once, not per event: a new `sleep_until` registers a timer with the runtime's driver and a
-        // new `cancelled()` a waiter on the shutdown token, both shared by every stream.
-        let expiry = tokio::time::sleep_until(expires);
-        let shutdown = self.shutdown.clone().cancelled_owned();
-        tokio::pin!(expiry, shutdown);
+        let now = tokio::time::Instant::now();
+        let expires = now + Duration::from_secs(claims.exp.saturating_sub(now_secs()));
+        Self {
+            follower,
+            filter,
+            heartbeat: tokio::time::interval_at(now + heartbeat, heartbeat),
+            expiry: Box::pin(tokio::time::sleep_until(expires)),
+            outbox,
+            ending: false,
+            _slot: slot,
+        }
+    }
+
+    /// The next bytes to write, or `None` when the stream is over.
+    async fn next_frame(&mut self) -> Option<Bytes> {
         loop {
+            if let Some(frame) = self.outbox.pop_front() {
+                return Some(frame);
+            }
+            if self.ending {
+                return None;
+            }
             tokio::select! {
                 next = self.follower.next() => match next {
                     Ok(e) => {
-                        if self.filter.admits(&e) && !self.send(e.wire.get_or_init(|| frame(&e)).clone()).await {
-                            return;
+                        if self.filter.admits(&e) {
+                            return Some(e.wire.get_or_init(|| frame(&e)).clone());
                         }
                     }
                     Err(FollowError::Lagged) => {
                         let last = self.follower.last_id();
-                        let note = format!(": too far behind; reconnect with Last-Event-ID: {last}\n\n");
-                        let _ = self.tx.try_send(Bytes::from(note));
-                        return;
+                        self.end_with(format!(": too far behind; reconnect with Last-Event-ID: {last}\n\n"));
                     }
-                    Err(FollowError::Closed | FollowError::Store) => return,
+                    // The server is shutting down; everything published before has been sent.
+                    Err(FollowError::Closed) => {
+                        let last = self.follower.last_id();
+                        self.end_with(format!(": server shutting down; reconnect with Last-Event-ID: {last}\n\n"));
+                    }
+                    Err(FollowError::Store) => return None,
                 },
-                _ = heartbeat.tick() => {
-                    if !self.send(Bytes::from_static(b": heartbeat\n\n")).await {
-                        return;
-                    }
-                }
-                () = &mut expiry => {
-                    let _ = self.tx.try_send(Bytes::from_static(b": token expired; reconnect with a new token\n\n"));
-                    return;
-                }
-                () = self.tx.closed() => return,
-                () = &mut shutdown => {
-                    self.hand_over_and_close();
-                    return;
-                }
+                _ = self.heartbeat.tick() => return Some(Bytes::from_static(b": heartbeat\n\n")),
+                () = &mut self.expiry => self.end_with(": token expired; reconnect with a new token\n\n".to_owned()),
             }
         }
+    }
+
+    fn end_with(&mut self, comment: String) {
+        self.outbox.push_back(Bytes::from(comment));
+        self.ending = true;
     }
 }
 

@@ -222,8 +222,10 @@ pub async fn run<T, R, L>(
         // The session was configured while the phone rang; the callee has answered: the AI speaks first.
         b.send_rt(&ClientEvent::ResponseCreate { response: None }).await;
     }
-    // Pinned once: re-creating `cancelled()` every iteration registers and removes a waiter on the
-    // shutdown token every frame, the one lock all calls would otherwise share on the audio path.
+    // The call's own child of the shutdown token, pinned once. Polling a pending `cancelled()` takes the
+    // lock of the token's waiter list, and the loop polls it on every frame: on the server-wide token
+    // that would be one lock every call takes 100 times a second; a child has its own list.
+    let shutdown = shutdown.child_token();
     let shutdown_seen = shutdown.cancelled();
     tokio::pin!(shutdown_seen);
     let mut draining = false;

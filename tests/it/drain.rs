@@ -51,6 +51,12 @@ async fn sigterm_mid_call_ends_it_politely_within_the_drain_timeout_and_loses_no
     sandbox.terminate();
     seen.extend(feed.until(|f| is(f, "call-ended", &sid)).await);
     let ended_after = asked.elapsed();
+    // Then the feed ends, after everything published before the shutdown, telling the dashboard where to
+    // resume.
+    assert_eq!(feed.next().await, None, "the feed closed at shutdown");
+    let last_id = seen.last().and_then(|f| f.id.clone()).unwrap();
+    let resume = format!("server shutting down; reconnect with Last-Event-ID: {last_id}");
+    assert!(feed.comments.lock().unwrap().contains(&resume), "{:?}", feed.comments.lock().unwrap());
 
     // Politely: the AI's last words are a goodbye, said after the drain timeout, and the call completed.
     let ai_lines: Vec<String> = seen

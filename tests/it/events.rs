@@ -255,7 +255,7 @@ async fn a_stalled_subscriber_is_cut_off_while_the_others_keep_up() {
             code: "load".into(),
             timestamp: time::OffsetDateTime::now_utc(),
         });
-        // Give the healthy reader's pump a chance to keep pace, as a real publisher's rate would.
+        // Give the healthy reader's connection a chance to keep pace, as a real publisher's rate would.
         if server.state.events.last_id() % 64 == 0 {
             tokio::task::yield_now().await;
         }

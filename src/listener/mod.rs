@@ -1,5 +1,6 @@
 //! Accepting connections: HTTP/1.1 with upgrades (the media WebSocket), no Nagle, the peer's address for
-//! the rate limits, a time limit on request headers, and a graceful stop.
+//! the rate limits, a time limit on request headers, a limit on how long a peer may refuse our writes
+//! ([`stall`]), and a graceful stop.
 //!
 //! Hand-rolled instead of `axum::serve` for memory: an idle `/events` subscriber is one open connection,
 //! and a dashboard fleet holds thousands. `axum::serve` drives each connection through hyper-util's
@@ -9,25 +10,33 @@
 //! is not offered: TLS ends at the proxy in front, which speaks HTTP/1.1 to us, and clients reaching the
 //! server directly speak HTTP/1.1.
 
+mod stall;
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 /// A client has this long to send a request's headers (slow-loris clients hold connections otherwise).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A peer that accepts none of our bytes for this long is disconnected: an `/events` subscriber that
+/// stopped reading, a media stream that froze. Long enough for any live network's hiccup.
+pub const WRITE_STALL_LIMIT: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `stop` resolves; then stops accepting, lets every connection finish
 /// its requests in flight (keep-alive connections close after their current response) and returns
 /// once all have closed. Upgraded connections (WebSockets) are the application's own and are not waited for.
 pub async fn serve(listener: TcpListener, app: Router, stop: impl Future<Output = ()>) {
-    let closing = CancellationToken::new();
+    let goodbyes = Arc::new(Goodbyes::default());
     let connections = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
@@ -54,13 +63,16 @@ pub async fn serve(listener: TcpListener, app: Router, stop: impl Future<Output 
             request.extensions_mut().insert(ConnectInfo(peer));
             tower::ServiceExt::oneshot(app.clone(), request.map(Body::new))
         });
-        let connection = http.serve_connection(TokioIo::new(tcp), service).with_upgrades();
-        let closing = closing.clone();
+        let connection = http
+            .serve_connection(TokioIo::new(stall::StallLimited::new(tcp, WRITE_STALL_LIMIT)), service)
+            .with_upgrades();
+        let goodbye = goodbyes.register();
         connections.spawn(async move {
             tokio::pin!(connection);
+            let (closing, _registered) = goodbye;
             let result = tokio::select! {
                 r = connection.as_mut() => r,
-                () = closing.cancelled() => {
+                _ = closing => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
@@ -71,9 +83,50 @@ pub async fn serve(listener: TcpListener, app: Router, stop: impl Future<Output 
         });
     }
     drop(listener);
-    closing.cancel();
+    goodbyes.say();
     connections.close();
     connections.wait().await;
+}
+
+/// How the accept loop tells its connections to finish: one oneshot each. The connection's task polls its
+/// receiver on every wake (every event of an `/events` stream); a pending oneshot costs an atomic load,
+/// where a shared `CancellationToken` would take its lock (and its waiter list's) each time.
+#[derive(Debug, Default)]
+struct Goodbyes {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+}
+
+/// A connection's place in [`Goodbyes`], given up when its task ends.
+struct Registered {
+    goodbyes: Arc<Goodbyes>,
+    key: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.goodbyes.lock().remove(&self.key);
+    }
+}
+
+impl Goodbyes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<()>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(self: &Arc<Self>) -> (oneshot::Receiver<()>, Registered) {
+        let (tx, rx) = oneshot::channel();
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(key, tx);
+        (rx, Registered { goodbyes: self.clone(), key })
+    }
+
+    /// Every connection open now finishes its current exchange and closes.
+    fn say(&self) {
+        for (_, tx) in self.lock().drain() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// Errors about one connection (the peer went away during accept), not about the listener.
