@@ -35,9 +35,8 @@
 //!
 //! Diagnostics: `--idle-kind http` opens keep-alive connections that made one `GET /healthz` instead
 //! of streams (what the HTTP connection alone costs); `--server-bin` runs another build (or a wrapper,
-//! e.g. one that starts the server under heaptrack); `--server-env` adds to the server's environment;
-//! `--server-nodelay` gives the in-process server's sockets TCP_NODELAY. With no mode given, both run
-//! (1,000 idle streams, then 1,000 subscribers).
+//! e.g. one that starts the server under heaptrack); `--server-env` adds to the server's environment.
+//! With no mode given, both run (1,000 idle streams, then 1,000 subscribers).
 //!
 //! Exit status: 0 when every target was met and nothing was lost, 1 when a target was missed or an
 //! event lost, 2 when the run could not be set up.
@@ -99,10 +98,6 @@ struct Args {
     /// Worker threads of this process's client runtime.
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
-    /// Diagnostic: set TCP_NODELAY on the in-process server's listening socket, which Linux passes on to
-    /// the accepted sockets (the server itself does not set it), to see what Nagle's algorithm costs.
-    #[arg(long)]
-    server_nodelay: bool,
     /// After the last publish, how long subscribers keep reading before a missing event counts as lost.
     #[arg(long, default_value_t = 2000)]
     drain_ms: u64,
@@ -1042,12 +1037,10 @@ fn run_latency(args: &Args, subs: usize, client_rt: &tokio::runtime::Runtime) ->
         .enable_all()
         .build()?;
     // Set up on a worker of the server runtime, so any thread the server starts is named as its own.
-    let nodelay = args.server_nodelay;
     let (state, base, serving, sim) = server_rt.block_on(async {
         server_rt
             .spawn(async move {
                 let socket = tokio::net::TcpSocket::new_v4()?;
-                socket.set_nodelay(nodelay)?;
                 socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
                 let listener = socket.listen(1024)?;
                 let port = listener.local_addr()?.port();
@@ -1070,11 +1063,8 @@ fn run_latency(args: &Args, subs: usize, client_rt: &tokio::runtime::Runtime) ->
             .await?
     })?;
     println!(
-        "\nlatency: {subs} subscribers x {} events/s x {} s; in-process server ({server_threads} worker threads) at {base}, clients on {} threads{}",
-        args.rate,
-        args.seconds,
-        args.client_threads,
-        if nodelay { "; TCP_NODELAY on the server's sockets (diagnostic: the server does not set it)" } else { "" }
+        "\nlatency: {subs} subscribers x {} events/s x {} s; in-process server ({server_threads} worker threads) at {base}, clients on {} threads",
+        args.rate, args.seconds, args.client_threads,
     );
     let result = client_rt.block_on(measure_latency(args, subs, &base, &state, server_rt.handle()));
     state.shutdown.cancel();
