@@ -14,7 +14,7 @@ import { createServer } from 'node:http';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Browser, CheckFailed, endSession, env, log, must, screenshot as capture, sleep, triggerCall } from './lib.mjs';
+import { Browser, CheckFailed, endSession, env, log, must, openPage, screenshot as capture, sleep, triggerCall } from './lib.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const SERVER = env('SERVER_URL');
@@ -63,32 +63,13 @@ async function main() {
     const version = await browser.send('Browser.getVersion', {}, undefined, 30_000);
     log(`browser: ${version.product} (DevTools protocol ${version.protocolVersion})`);
 
-    const { targetId } = await browser.send('Target.createTarget', { url: 'about:blank' });
-    page = (await browser.send('Target.attachToTarget', { targetId, flatten: true })).sessionId;
-    browser.on((msg) => {
-      if (msg.sessionId !== page) return;
-      const p = msg.params;
-      switch (msg.method) {
-        case 'Runtime.consoleAPICalled':
-          notes.push(`console.${p.type}: ${p.args.map((a) => a.value ?? a.description).join(' ')}`);
-          break;
-        case 'Runtime.exceptionThrown':
-          notes.push(`exception: ${p.exceptionDetails.exception?.description ?? p.exceptionDetails.text}`);
-          break;
-        case 'Log.entryAdded':
-          notes.push(`${p.entry.source}.${p.entry.level}: ${p.entry.text}`);
-          break;
-        case 'Network.responseReceived':
-          if (p.response.url.startsWith(`${SERVER}/events`)) eventsResponses.push(p.response);
-          break;
-        case 'Network.loadingFailed':
-          notes.push(`network: ${p.type} failed: ${p.errorText}${p.corsErrorStatus ? ` (CORS: ${p.corsErrorStatus.corsError})` : ''}`);
-          break;
-        default:
+    page = await openPage(browser, notes, (method, p) => {
+      if (method === 'Network.responseReceived' && p.response.url.startsWith(`${SERVER}/events`)) {
+        eventsResponses.push(p.response);
+      } else if (method === 'Network.loadingFailed') {
+        notes.push(`network: ${p.type} failed: ${p.errorText}${p.corsErrorStatus ? ` (CORS: ${p.corsErrorStatus.corsError})` : ''}`);
       }
     });
-    await Promise.all(['Runtime.enable', 'Log.enable', 'Network.enable', 'Page.enable'].map((m) => browser.send(m, {}, page)));
-    await browser.send('Emulation.setDeviceMetricsOverride', { width: 1280, height: 900, deviceScaleFactor: 1, mobile: false }, page);
 
     const nav = await browser.send('Page.navigate', { url: `${PAGE_ORIGIN}/` }, page);
     must(!nav.errorText, `navigating to ${PAGE_ORIGIN}/ failed: ${nav.errorText}`);

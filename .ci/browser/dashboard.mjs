@@ -21,7 +21,7 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Browser, CheckFailed, endSession, env, log, must, screenshot, sleep, triggerCall } from './lib.mjs';
+import { Browser, CheckFailed, endSession, env, log, must, openPage, screenshot, sleep, triggerCall } from './lib.mjs';
 
 const SERVER = env('SERVER_URL');
 const RESULTS = env('RESULTS');
@@ -82,35 +82,16 @@ async function main() {
     browser.launch();
     const version = await browser.send('Browser.getVersion', {}, undefined, 30_000);
     log(`browser: ${version.product}`);
-    const { targetId } = await browser.send('Target.createTarget', { url: 'about:blank' });
-    page = (await browser.send('Target.attachToTarget', { targetId, flatten: true })).sessionId;
     let dashboardHeaders = null;
-    browser.on((msg) => {
-      if (msg.sessionId !== page) return;
-      const p = msg.params;
-      switch (msg.method) {
-        case 'Runtime.consoleAPICalled':
-          notes.push(`console.${p.type}: ${p.args.map((a) => a.value ?? a.description).join(' ')}`);
-          break;
-        case 'Runtime.exceptionThrown':
-          notes.push(`exception: ${p.exceptionDetails.exception?.description ?? p.exceptionDetails.text}`);
-          break;
-        case 'Log.entryAdded':
-          notes.push(`${p.entry.source}.${p.entry.level}: ${p.entry.text}`);
-          break;
-        case 'Network.requestWillBeSent':
-          if (p.request.url.startsWith(`${SERVER}/events`)) feedRequests.push(p.request.url);
-          break;
-        case 'Network.responseReceived':
-          if (p.response.url === `${SERVER}/dashboard`) dashboardHeaders = p.response.headers;
-          break;
-        default:
+    page = await openPage(browser, notes, (method, p) => {
+      if (method === 'Network.requestWillBeSent' && p.request.url.startsWith(`${SERVER}/events`)) {
+        feedRequests.push(p.request.url);
+      } else if (method === 'Network.responseReceived' && p.response.url === `${SERVER}/dashboard`) {
+        dashboardHeaders = p.response.headers;
       }
     });
-    await Promise.all(['Runtime.enable', 'Log.enable', 'Network.enable', 'Page.enable'].map((m) => browser.send(m, {}, page)));
     const viewport = (width, height) => browser.send('Emulation.setDeviceMetricsOverride',
       { width, height, deviceScaleFactor: 1, mobile: width < 600 }, page);
-    await viewport(1280, 900);
 
     const readPage = async () => {
       const r = await browser.send('Runtime.evaluate', { expression: READ_PAGE, returnByValue: true }, page);

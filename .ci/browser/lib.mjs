@@ -219,3 +219,31 @@ export async function screenshot(browser, page, file, minWidth = 1280) {
   writeFileSync(png, Buffer.from(shot.data, 'base64'));
   log(`screenshot: ${png}`);
 }
+
+/// Opens a blank 1280×900 tab and returns its session id. The page's console lines, uncaught exceptions
+/// and log entries go to `notes` (printed when a check fails); its other events go to
+/// `onEvent(method, params)`.
+export async function openPage(browser, notes, onEvent = () => {}) {
+  const { targetId } = await browser.send('Target.createTarget', { url: 'about:blank' });
+  const page = (await browser.send('Target.attachToTarget', { targetId, flatten: true })).sessionId;
+  browser.on((msg) => {
+    if (msg.sessionId !== page) return;
+    const p = msg.params;
+    switch (msg.method) {
+      case 'Runtime.consoleAPICalled':
+        notes.push(`console.${p.type}: ${p.args.map((a) => a.value ?? a.description).join(' ')}`);
+        break;
+      case 'Runtime.exceptionThrown':
+        notes.push(`exception: ${p.exceptionDetails.exception?.description ?? p.exceptionDetails.text}`);
+        break;
+      case 'Log.entryAdded':
+        notes.push(`${p.entry.source}.${p.entry.level}: ${p.entry.text}`);
+        break;
+      default:
+        onEvent(msg.method, p);
+    }
+  });
+  await Promise.all(['Runtime.enable', 'Log.enable', 'Network.enable', 'Page.enable'].map((m) => browser.send(m, {}, page)));
+  await browser.send('Emulation.setDeviceMetricsOverride', { width: 1280, height: 900, deviceScaleFactor: 1, mobile: false }, page);
+  return page;
+}
