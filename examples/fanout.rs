@@ -29,7 +29,10 @@
 //! same process, so the same clock) note the instant each event's bytes come off their socket. Latency
 //! is receive − publish, for every (subscriber, event); every subscriber must receive every event, once
 //! and in order. The clients share the 2 cores with the server, so that figure includes their own
-//! scheduling: the CPU each side used is printed. The default client (`--client raw`: HTTP/1.1 on a bare
+//! scheduling: the CPU each side used is printed. They stand in for dashboards on other machines, so
+//! their threads run under SCHED_IDLE (`--client-sched idle`): they use the CPU the server leaves and
+//! never preempt it. At the server's priority (`--client-sched normal`) each write wakes a subscriber
+//! that preempts the writing worker, and the fan-out takes the clients' reads too. The default client (`--client raw`: HTTP/1.1 on a bare
 //! socket, chunked decoding by hand) also reads each event's kernel receive timestamp (SO_TIMESTAMPNS):
 //! when its bytes reached the subscriber's socket, which is what the target measures.
 //!
@@ -107,6 +110,18 @@ struct Args {
     /// about the same (0.4–0.5 cores at 1,000 × 50/s here).
     #[arg(long, value_enum, default_value_t = ClientKind::Raw)]
     client: ClientKind,
+    /// The subscribers' scheduling: `idle` (SCHED_IDLE: they stand in for dashboards on other machines,
+    /// so they use only CPU time the server leaves and never preempt it) or `normal` (the server's
+    /// priority: every event written wakes a subscriber that preempts the writing worker, so the
+    /// clients' reads land inside the fan-out).
+    #[arg(long, value_enum, default_value_t = ClientSched::Idle)]
+    client_sched: ClientSched,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ClientSched {
+    Idle,
+    Normal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -143,9 +158,15 @@ fn main() -> ExitCode {
         args.idle = Some(1000);
         args.subscribers = Some(1000);
     }
+    let idle_clients = args.client_sched == ClientSched::Idle;
     let client_rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.max(1))
         .thread_name("fanout-client")
+        .on_thread_start(move || {
+            if idle_clients && let Err(e) = process::idle_current_thread() {
+                eprintln!("warning: the subscribers run at the server's priority: {e:#}");
+            }
+        })
         .enable_all()
         .build()
     {
@@ -1063,8 +1084,8 @@ fn run_latency(args: &Args, subs: usize, client_rt: &tokio::runtime::Runtime) ->
             .await?
     })?;
     println!(
-        "\nlatency: {subs} subscribers x {} events/s x {} s; in-process server ({server_threads} worker threads) at {base}, clients on {} threads",
-        args.rate, args.seconds, args.client_threads,
+        "\nlatency: {subs} subscribers x {} events/s x {} s; in-process server ({server_threads} worker threads) at {base}, clients on {} threads ({:?} scheduling)",
+        args.rate, args.seconds, args.client_threads, args.client_sched,
     );
     let result = client_rt.block_on(measure_latency(args, subs, &base, &state, server_rt.handle()));
     state.shutdown.cancel();

@@ -23,15 +23,26 @@
 //! Each frame's 160 µ-law bytes start with (call index u32, frame number u32), so the receiving side reads
 //! the frame's identity from the first 12 base64 characters without the server decoding anything. From
 //! that: lost (sent, never received by the end of a short drain), reordered (a frame number lower than the
-//! highest seen for that call), misrouted (another call's audio), and latency (receive − send instant,
-//! one process clock) each way.
+//! highest seen for that call), misrouted (another call's audio), and latency each way, twice over:
+//! - *read*: when the generator's task read the frame − its send instant (one process clock). This
+//!   includes the generator's own scheduling before it gets to read.
+//! - *in socket*: the kernel's receive timestamp (SO_TIMESTAMPNS, via `recvmsg`) of the bytes that
+//!   completed the frame in the generator's socket − its send instant: what the server adds, without the
+//!   generator's scheduling on the receiving side. Kernel stamps are CLOCK_REALTIME, mapped onto the
+//!   process clock with one (Instant, SystemTime) pair per run. The send instant is taken just before the
+//!   write, so a preemption of the sender in between still counts against the server. The stamp belongs to
+//!   a read, not a message: a message read together with later bytes gets their stamp, and once the
+//!   generator falls more than a frame period behind, a call's next frame is already queued behind it (the
+//!   kernel even merges queued segments, keeping the newest stamp). The in-socket figure is then an upper
+//!   bound, inflated by up to the generator's own lag.
 //!
 //! Server CPU is utime+stime from /proc/PID/stat over the media phase; RSS per call is the peak VmRSS
 //! sampled during the media phase minus VmRSS before any call, divided by N. The generator's own CPU and
 //! the rest of the machine's load ("other load", in cores) are printed too: they share the cores with the
 //! server. The generator does the mirror image of the server's socket work, so it costs about as much
-//! CPU as the server; latency includes both processes' scheduling, and once the machine is near
-//! saturation the tails measure the machine, not the relay. `--quiet-wait` waits for other work to stop.
+//! CPU as the server, and once the machine is near saturation the read tails measure the generator's wait
+//! for a core, not the relay. (Running the generator at a lower priority does not help: starved, it falls
+//! behind and sends in bursts, which the server then queues.) `--quiet-wait` waits for other work to stop.
 //! On loopback the sender of each packet also pays for the receiver's TCP processing (softirq).
 //!
 //! `--floor` runs the same load against a minimal relay (this program in a hidden relay mode, as its own
@@ -62,19 +73,22 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 #[derive(Debug, Parser)]
 #[command(about = "Load benchmark for the Twilio <-> OpenAI Realtime audio relay")]
@@ -196,6 +210,17 @@ struct DirReport {
     reordered: u64,
     duplicated: u64,
     misrouted: u64,
+    /// Latency as the generator read each frame (after its own scheduling).
+    read: Pcts,
+    /// Latency to the kernel's receive timestamp of each frame in the generator's socket.
+    sock: Pcts,
+    /// Frames received without a kernel timestamp (not in `sock`).
+    unstamped: u64,
+}
+
+/// Latency percentiles, in µs.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pcts {
     p50_us: f64,
     p99_us: f64,
     p999_us: f64,
@@ -263,17 +288,22 @@ async fn run_all(args: &Args) -> Result<bool> {
     let misrouted: u64 = reports.iter().map(|r| r.inbound.misrouted + r.outbound.misrouted).sum();
     let reordered: u64 = reports.iter().map(|r| r.inbound.reordered + r.outbound.reordered).sum();
     let duplicated: u64 = reports.iter().map(|r| r.inbound.duplicated + r.outbound.duplicated).sum();
+    // p50/p99_*: read; sock_*: in socket.
     println!(
-        "RESULT calls={} cpu_ms_per_call_min={:.1} rss_kib_per_call={:.1} lost={} reordered={} p50_in_us={:.0} p99_in_us={:.0} p50_out_us={:.0} p99_out_us={:.0}",
+        "RESULT calls={} cpu_ms_per_call_min={:.1} rss_kib_per_call={:.1} lost={} reordered={} p50_in_us={:.0} p99_in_us={:.0} p50_out_us={:.0} p99_out_us={:.0} sock_p50_in_us={:.0} sock_p99_in_us={:.0} sock_p50_out_us={:.0} sock_p99_out_us={:.0}",
         median.calls,
         median.server_cpu_ms_per_call_min,
         median.rss_kib_per_call,
         lost + misrouted,
         reordered,
-        median.inbound.p50_us,
-        median.inbound.p99_us,
-        median.outbound.p50_us,
-        median.outbound.p99_us,
+        median.inbound.read.p50_us,
+        median.inbound.read.p99_us,
+        median.outbound.read.p50_us,
+        median.outbound.read.p99_us,
+        median.inbound.sock.p50_us,
+        median.inbound.sock.p99_us,
+        median.outbound.sock.p50_us,
+        median.outbound.sock.p99_us,
     );
     Ok(lost == 0 && misrouted == 0 && reordered == 0 && duplicated == 0)
 }
@@ -297,57 +327,69 @@ async fn wait_quiet(limit: Duration) -> Result<()> {
 }
 
 fn print_header() {
+    let dir =
+        |name: &str| format!("{:>22} {:>8} {:>8} {:>8} {:>8}", name, "read p50", "read p99", "sock p50", "sock p99");
+    let units = format!("{:>22} {:>8} {:>8} {:>8} {:>8}", "", "us", "us", "us", "us");
     println!(
-        "{:>6} {:>5} {:>4} | {:>8} {:>8} | {:>8} | {:>22} {:>8} {:>8} | {:>22} {:>8} {:>8} | {:>10}",
+        "{:>6} {:>5} {:>4} | {:>8} {:>8} | {:>8} | {} | {} | {:>10}",
         "run",
         "calls",
         "secs",
         "srv CPU",
         "gen CPU",
         "RSS",
-        "in: lost/reord/misr",
-        "p50 us",
-        "p99 us",
-        "out: lost/reord/misr",
-        "p50 us",
-        "p99 us",
+        dir("in: lost/reord/misr"),
+        dir("out: lost/reord/misr"),
         "other load"
     );
     println!(
-        "{:>6} {:>5} {:>4} | {:>8} {:>8} | {:>8} | {:>22} {:>8} {:>8} | {:>22} {:>8} {:>8} | {:>10}",
-        "", "", "", "ms/c-min", "ms/c-min", "KiB/call", "", "", "", "", "", "", "cores"
+        "{:>6} {:>5} {:>4} | {:>8} {:>8} | {:>8} | {} | {} | {:>10}",
+        "", "", "", "ms/c-min", "ms/c-min", "KiB/call", units, units, "cores"
     );
 }
 
 fn print_row(r: &Report, label: &str) {
-    let lrm = |d: &DirReport| format!("{}/{}/{}", d.lost, d.reordered, d.misrouted);
+    let dir = |d: &DirReport| {
+        format!(
+            "{:>22} {:>8.0} {:>8.0} {:>8.0} {:>8.0}",
+            format!("{}/{}/{}", d.lost, d.reordered, d.misrouted),
+            d.read.p50_us,
+            d.read.p99_us,
+            d.sock.p50_us,
+            d.sock.p99_us
+        )
+    };
     println!(
-        "{:>6} {:>5} {:>4} | {:>8.1} {:>8.1} | {:>8.1} | {:>22} {:>8.0} {:>8.0} | {:>22} {:>8.0} {:>8.0} | {:>10.2}",
+        "{:>6} {:>5} {:>4} | {:>8.1} {:>8.1} | {:>8.1} | {} | {} | {:>10.2}",
         label,
         r.calls,
         r.seconds,
         r.server_cpu_ms_per_call_min,
         r.gen_cpu_ms_per_call_min,
         r.rss_kib_per_call,
-        lrm(&r.inbound),
-        r.inbound.p50_us,
-        r.inbound.p99_us,
-        lrm(&r.outbound),
-        r.outbound.p50_us,
-        r.outbound.p99_us,
+        dir(&r.inbound),
+        dir(&r.outbound),
         r.other_cores,
     );
 }
 
 fn print_details(r: &Report) {
-    println!(
-        "  in  (Twilio media -> input_audio_buffer.append): {} frames sent, p99.9 {:.0} us, max {:.0} us, duplicated {}",
-        r.inbound.sent, r.inbound.p999_us, r.inbound.max_us, r.inbound.duplicated
-    );
-    println!(
-        "  out (output_audio.delta -> Twilio media):         {} frames sent, p99.9 {:.0} us, max {:.0} us, duplicated {}",
-        r.outbound.sent, r.outbound.p999_us, r.outbound.max_us, r.outbound.duplicated
-    );
+    let pcts =
+        |p: &Pcts| format!("p50 {:.0}, p99 {:.0}, p99.9 {:.0}, max {:.0} us", p.p50_us, p.p99_us, p.p999_us, p.max_us);
+    for (name, d) in [
+        ("in  (Twilio media -> input_audio_buffer.append)", &r.inbound),
+        ("out (output_audio.delta -> Twilio media)        ", &r.outbound),
+    ] {
+        let unstamped =
+            if d.unstamped > 0 { format!(" ({} frames had no kernel stamp)", d.unstamped) } else { "".into() };
+        println!("  {name}: {} frames sent, duplicated {}", d.sent, d.duplicated);
+        println!("      {:<60} {}", "read      (after the generator's own scheduling):", pcts(&d.read));
+        println!(
+            "      {:<60} {}{unstamped}",
+            "in socket (kernel receive timestamp: what the server adds):",
+            pcts(&d.sock)
+        );
+    }
     println!(
         "  server RSS {} KiB before calls, {} KiB peak during media; marks echoed {}; unexpected events {}; machine busy {:.0}% over the media phase",
         r.rss_before_kib, r.rss_peak_kib, r.marks_echoed, r.unexpected, r.machine_busy_pct
@@ -364,16 +406,21 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn median_report(reports: &[Report]) -> Report {
     let m = |f: &dyn Fn(&Report) -> f64| median(reports.iter().map(f).collect());
+    let pcts = |pick: &dyn Fn(&Report) -> Pcts| Pcts {
+        p50_us: m(&|r| pick(r).p50_us),
+        p99_us: m(&|r| pick(r).p99_us),
+        p999_us: m(&|r| pick(r).p999_us),
+        max_us: m(&|r| pick(r).max_us),
+    };
     let dir = |pick: &dyn Fn(&Report) -> &DirReport| DirReport {
         sent: reports.iter().map(|r| pick(r).sent).sum(),
         lost: reports.iter().map(|r| pick(r).lost).sum(),
         reordered: reports.iter().map(|r| pick(r).reordered).sum(),
         duplicated: reports.iter().map(|r| pick(r).duplicated).sum(),
         misrouted: reports.iter().map(|r| pick(r).misrouted).sum(),
-        p50_us: m(&|r| pick(r).p50_us),
-        p99_us: m(&|r| pick(r).p99_us),
-        p999_us: m(&|r| pick(r).p999_us),
-        max_us: m(&|r| pick(r).max_us),
+        read: pcts(&|r| pick(r).read),
+        sock: pcts(&|r| pick(r).sock),
+        unstamped: reports.iter().map(|r| pick(r).unstamped).sum(),
     };
     let first = reports.first().cloned().unwrap_or_default();
     Report {
@@ -401,6 +448,8 @@ fn median_report(reports: &[Report]) -> Report {
 #[derive(Debug)]
 struct Shared {
     epoch: Instant,
+    /// The wall-clock time at `epoch`: maps the kernel's receive timestamps (CLOCK_REALTIME) onto stamps.
+    wall_epoch: SystemTime,
     frames: u32,
     calls: u32,
     seconds: u32,
@@ -498,6 +547,10 @@ impl Shared {
     fn instant(&self, stamp: u64) -> Option<Instant> {
         (stamp != 0).then(|| self.epoch + Duration::from_nanos(stamp - 1))
     }
+    /// A wall-clock time as nanoseconds since `epoch` (0 if before it).
+    fn wall_ns(&self, at: SystemTime) -> u64 {
+        at.duration_since(self.wall_epoch).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
 }
 
 #[derive(Debug)]
@@ -539,7 +592,47 @@ struct RxStats {
     duplicated: u64,
     misrouted: u64,
     malformed: u64,
-    latencies_ns: Vec<u64>,
+    /// Frames received without a kernel timestamp: in `read`, not in `sock`.
+    unstamped: u64,
+    /// Send → read by the generator's task.
+    read: Latencies,
+    /// Send → the kernel's receive timestamp of the bytes that completed the frame.
+    sock: Latencies,
+}
+
+/// One kind of latency for every frame a side received. u32 nanoseconds (saturating at ~4.3 s, far
+/// beyond anything a working relay shows) so the two kinds together cost what one list of u64 did; the
+/// maximum is kept exactly besides.
+#[derive(Debug, Default)]
+struct Latencies {
+    ns: Vec<u32>,
+    max_ns: u64,
+}
+
+impl Latencies {
+    fn with_capacity(n: usize) -> Self {
+        Self { ns: Vec::with_capacity(n), max_ns: 0 }
+    }
+
+    fn push(&mut self, ns: u64) {
+        self.ns.push(u32::try_from(ns).unwrap_or(u32::MAX));
+        self.max_ns = self.max_ns.max(ns);
+    }
+
+    fn append(&mut self, other: &Self) {
+        self.ns.extend_from_slice(&other.ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
+    }
+
+    fn percentiles(&mut self) -> Pcts {
+        self.ns.sort_unstable();
+        Pcts {
+            p50_us: percentile_us(&self.ns, 50.0),
+            p99_us: percentile_us(&self.ns, 99.0),
+            p999_us: percentile_us(&self.ns, 99.9),
+            max_us: self.max_ns as f64 / 1000.0,
+        }
+    }
 }
 
 impl RxStats {
@@ -553,12 +646,22 @@ impl RxStats {
             duplicated: 0,
             misrouted: 0,
             malformed: 0,
-            latencies_ns: Vec::with_capacity(frames as usize),
+            unstamped: 0,
+            read: Latencies::with_capacity(frames as usize),
+            sock: Latencies::with_capacity(frames as usize),
         }
     }
 
-    /// Records one received payload (its first 12 base64 characters carry the frame's identity).
-    fn record(&mut self, b64_head: Option<&str>, at: Instant, sent: &[Box<[AtomicU64]>], shared: &Shared) {
+    /// Records one received payload (its first 12 base64 characters carry the frame's identity): `at` is
+    /// when the task read it, `in_socket` the kernel's receive timestamp of the read that completed it.
+    fn record(
+        &mut self,
+        b64_head: Option<&str>,
+        at: Instant,
+        in_socket: Option<SystemTime>,
+        sent: &[Box<[AtomicU64]>],
+        shared: &Shared,
+    ) {
         let Some((call, frame)) = b64_head.and_then(decode_id) else {
             self.malformed += 1;
             return;
@@ -583,11 +686,15 @@ impl RxStats {
         }
         let stamp =
             sent.get(call as usize).and_then(|v| v.get(frame as usize)).map_or(0, |a| a.load(Ordering::Acquire));
-        match shared.instant(stamp) {
-            Some(sent_at) => self
-                .latencies_ns
-                .push(u64::try_from(at.saturating_duration_since(sent_at).as_nanos()).unwrap_or(u64::MAX)),
-            None => self.malformed += 1,
+        let Some(sent_at) = shared.instant(stamp) else {
+            self.malformed += 1;
+            return;
+        };
+        self.read.push(u64::try_from(at.saturating_duration_since(sent_at).as_nanos()).unwrap_or(u64::MAX));
+        match in_socket {
+            // `stamp - 1`: nanoseconds since the epoch (see `Shared::stamp`).
+            Some(rx) => self.sock.push(shared.wall_ns(rx).saturating_sub(stamp - 1)),
+            None => self.unstamped += 1,
         }
     }
 }
@@ -628,8 +735,11 @@ async fn run_once(args: &Args, bin: &Path, run: u32) -> Result<Report> {
     let (t0_tx, t0_rx) = watch::channel(None);
     let (hang_up_tx, hang_up_rx) = watch::channel(false);
     let table = |_: u32| (0..frames).map(|_| AtomicU64::new(0)).collect::<Vec<_>>().into_boxed_slice();
+    // The wall clock read between two reads of the process clock: the pair is off by under a microsecond.
+    let (before, wall_epoch, after) = (Instant::now(), SystemTime::now(), Instant::now());
     let shared = Arc::new(Shared {
-        epoch: Instant::now(),
+        epoch: before + (after - before) / 2,
+        wall_epoch,
         frames,
         calls: n,
         seconds: args.seconds,
@@ -801,8 +911,8 @@ async fn run_once(args: &Args, bin: &Path, run: u32) -> Result<Report> {
         unexpected,
         ..Report::default()
     };
-    let mut lat_in = Vec::new();
-    let mut lat_out = Vec::new();
+    let (mut lat_in, mut lat_out) =
+        ((Latencies::default(), Latencies::default()), (Latencies::default(), Latencies::default()));
     let mut sent_in = vec![0u64; n as usize];
     let mut sent_out = vec![0u64; n as usize];
     let mut recv_in = vec![0u64; n as usize];
@@ -825,7 +935,9 @@ async fn run_once(args: &Args, bin: &Path, run: u32) -> Result<Report> {
         dir.reordered += r.rx.reordered;
         dir.duplicated += r.rx.duplicated;
         dir.misrouted += r.rx.misrouted;
-        lat.extend_from_slice(&r.rx.latencies_ns);
+        dir.unstamped += r.rx.unstamped;
+        lat.0.append(&r.rx.read);
+        lat.1.append(&r.rx.sock);
     }
     for (dir, sent, recv, lat) in [
         (&mut report.inbound, &sent_in, &recv_in, &mut lat_in),
@@ -835,21 +947,18 @@ async fn run_once(args: &Args, bin: &Path, run: u32) -> Result<Report> {
         dir.sent = sent.iter().map(|&s| if s == 0 { u64::from(frames) } else { s }).sum();
         dir.lost =
             sent.iter().zip(recv).map(|(&s, &r)| if s == 0 { u64::from(frames) } else { s.saturating_sub(r) }).sum();
-        lat.sort_unstable();
-        dir.p50_us = percentile_us(lat, 50.0);
-        dir.p99_us = percentile_us(lat, 99.0);
-        dir.p999_us = percentile_us(lat, 99.9);
-        dir.max_us = lat.last().map_or(0.0, |&v| v as f64 / 1000.0);
+        dir.read = lat.0.percentiles();
+        dir.sock = lat.1.percentiles();
     }
     Ok(report)
 }
 
-fn percentile_us(sorted_ns: &[u64], p: f64) -> f64 {
+fn percentile_us(sorted_ns: &[u32], p: f64) -> f64 {
     if sorted_ns.is_empty() {
         return 0.0;
     }
     let rank = ((p / 100.0) * sorted_ns.len() as f64).ceil() as usize;
-    sorted_ns[rank.clamp(1, sorted_ns.len()) - 1] as f64 / 1000.0
+    f64::from(sorted_ns[rank.clamp(1, sorted_ns.len()) - 1]) / 1000.0
 }
 
 /// Which calls the fake Realtime has seen configured (`session.update`) and started (`response.create`).
@@ -1107,7 +1216,9 @@ async fn place_calls(base: &str, n: u32) -> Result<Vec<String>> {
 // Twilio's side of a media stream
 // ---------------------------------------------------------------------------------------------------
 
-type ClientWs = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// Either peer's end of a WebSocket: after each message, `ws.get_ref().last_rx()` is when the kernel
+/// received its last bytes.
+type PeerWs = WebSocketStream<StampedTcp>;
 
 fn ws_config() -> WebSocketConfig {
     // Small buffers: tungstenite zero-fills its whole read buffer before every read. Messages here are
@@ -1119,14 +1230,22 @@ fn stream_sid(call: u32) -> String {
     format!("MZ{:032x}", u64::from(call) + 1)
 }
 
-async fn twilio_connect(dialed: &Dialed, call_sid: &str, call: u32) -> Result<ClientWs> {
+async fn twilio_connect(dialed: &Dialed, call_sid: &str, call: u32) -> Result<PeerWs> {
     let mut request = dialed.stream_url.as_str().into_client_request()?;
     let signature = voice_call_mcp::carrier::signature::compute(AUTH_TOKEN, &dialed.stream_url, &[]);
     request.headers_mut().insert("x-twilio-signature", HeaderValue::from_str(&signature)?);
-    let (mut ws, _) = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true),
-    )
+    let uri = request.uri();
+    if uri.scheme_str() != Some("ws") {
+        bail!("the stream URL {} is not ws:// (this benchmark speaks plain TCP)", dialed.stream_url);
+    }
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = uri.port_u16().unwrap_or(80);
+    let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let tcp = TcpStream::connect((host.as_str(), port)).await?;
+        tcp.set_nodelay(true)?;
+        let tcp = StampedTcp::new(tcp)?;
+        anyhow::Ok(tokio_tungstenite::client_async_with_config(request, tcp, Some(ws_config())).await?)
+    })
     .await
     .map_err(|_| anyhow!("connect timed out"))??;
     let sid = stream_sid(call);
@@ -1151,7 +1270,7 @@ async fn wait_t0(shared: &Shared) -> Option<Instant> {
 
 /// One call's Twilio side: `media` every 20 ms, reads the server's `media` (recording each frame's
 /// identity and latency) and echoes every `mark` at once.
-async fn twilio_side(mut ws: ClientWs, call: u32, call_sid: String, shared: Arc<Shared>) {
+async fn twilio_side(mut ws: PeerWs, call: u32, call_sid: String, shared: Arc<Shared>) {
     let mut result = SideResult {
         side: Side::Twilio,
         call,
@@ -1175,6 +1294,9 @@ async fn twilio_side(mut ws: ClientWs, call: u32, call_sid: String, shared: Arc<
             biased;
             msg = ws.next() => {
                 let at = Instant::now();
+                // The kernel's receive timestamp of the read that completed this message. If one read
+                // carried two messages, both get its (later) stamp: conservative.
+                let in_socket = ws.get_ref().last_rx();
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Close(_))) | None => { result.error = Some("the server closed the stream early".into()); break }
@@ -1183,7 +1305,7 @@ async fn twilio_side(mut ws: ClientWs, call: u32, call_sid: String, shared: Arc<
                 };
                 let text = text.as_str();
                 if text.starts_with(r#"{"event":"media""#) {
-                    result.rx.record(after(text, r#""payload":""#), at, &shared.sent_out, &shared);
+                    result.rx.record(after(text, r#""payload":""#), at, in_socket, &shared.sent_out, &shared);
                 } else if text.starts_with(r#"{"event":"mark""#) {
                     let Some(name) = after(text, r#""name":""#).and_then(|s| s.split('"').next()) else {
                         result.unexpected += 1;
@@ -1245,6 +1367,105 @@ async fn twilio_side(mut ws: ClientWs, call: u32, call_sid: String, shared: Arc<
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Kernel receive timestamps
+// ---------------------------------------------------------------------------------------------------
+
+/// A TCP stream that reads with `recvmsg` and keeps the kernel's receive timestamp (SO_TIMESTAMPNS) of
+/// its latest read: for TCP, the timestamp of the last segment that read consumed, i.e. when the newest of
+/// the bytes it returned arrived (segments merged in the receive queue keep the newest stamp). Writes go
+/// straight to the stream.
+#[derive(Debug)]
+struct StampedTcp {
+    tcp: TcpStream,
+    /// Room for one SCM_TIMESTAMPNS control message.
+    control: Vec<u8>,
+    last_rx: Option<SystemTime>,
+}
+
+impl StampedTcp {
+    fn new(tcp: TcpStream) -> std::io::Result<Self> {
+        use nix::sys::socket::{setsockopt, sockopt};
+        setsockopt(&tcp, sockopt::ReceiveTimestampns, &true)?;
+        Ok(Self { tcp, control: nix::cmsg_space!(nix::sys::time::TimeSpec), last_rx: None })
+    }
+
+    /// When the kernel received the bytes of the latest read (None before any, or if it had no stamp).
+    fn last_rx(&self) -> Option<SystemTime> {
+        self.last_rx
+    }
+}
+
+impl AsyncRead for StampedTcp {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        use std::os::fd::AsRawFd;
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            ready!(this.tcp.poll_read_ready(cx))?;
+            let (tcp, control) = (&this.tcp, &mut this.control);
+            let unfilled = buf.initialize_unfilled();
+            // `try_io` clears the readiness when `recvmsg` says WouldBlock; `poll_read_ready` then
+            // registers the waker for the next edge.
+            let read = tcp.try_io(Interest::READABLE, || {
+                let mut iov = [std::io::IoSliceMut::new(unfilled)];
+                let msg = recvmsg::<()>(tcp.as_raw_fd(), &mut iov, Some(control.as_mut_slice()), MsgFlags::empty())
+                    .map_err(std::io::Error::from)?;
+                let stamp = msg.cmsgs().ok().and_then(|mut cmsgs| {
+                    cmsgs.find_map(|c| match c {
+                        ControlMessageOwned::ScmTimestampns(ts) => Some(
+                            UNIX_EPOCH
+                                + Duration::new(u64::try_from(ts.tv_sec()).ok()?, u32::try_from(ts.tv_nsec()).ok()?),
+                        ),
+                        _ => None,
+                    })
+                });
+                Ok((msg.bytes, stamp))
+            });
+            match read {
+                Ok((n, stamp)) => {
+                    if n > 0 {
+                        this.last_rx = stamp;
+                    }
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for StampedTcp {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
 // The fake OpenAI Realtime server
 // ---------------------------------------------------------------------------------------------------
 
@@ -1261,6 +1482,13 @@ async fn fake_realtime(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 async fn realtime_conn(stream: TcpStream, shared: Arc<Shared>) {
+    let stream = match StampedTcp::new(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = shared.ready.send(Ready::Stray(format!("SO_TIMESTAMPNS: {e}")));
+            return;
+        }
+    };
     let check = check_realtime_handshake;
     let accepted = tokio::time::timeout(
         CONNECT_TIMEOUT,
@@ -1319,6 +1547,8 @@ async fn realtime_conn(stream: TcpStream, shared: Arc<Shared>) {
             biased;
             msg = ws.next() => {
                 let at = Instant::now();
+                // As on the Twilio side: the stamp of the read that completed this message.
+                let in_socket = ws.get_ref().last_rx();
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Close(_))) | None => { result.error = Some("the server closed the session early".into()); break }
@@ -1327,7 +1557,7 @@ async fn realtime_conn(stream: TcpStream, shared: Arc<Shared>) {
                 };
                 let text = text.as_str();
                 if text.starts_with(r#"{"type":"input_audio_buffer.append""#) {
-                    result.rx.record(after(text, r#""audio":""#), at, &shared.sent_in, &shared);
+                    result.rx.record(after(text, r#""audio":""#), at, in_socket, &shared.sent_in, &shared);
                 } else {
                     // conversation.item.truncate (a barge-in) or anything else: never expected here.
                     result.unexpected += 1;
@@ -1379,7 +1609,7 @@ fn check_realtime_handshake(req: &Request, resp: Response) -> Result<Response, E
     Ok(resp)
 }
 
-async fn read_session_update(ws: &mut WebSocketStream<TcpStream>) -> Result<u32> {
+async fn read_session_update(ws: &mut PeerWs) -> Result<u32> {
     while let Some(msg) = ws.next().await {
         let Message::Text(text) = msg? else { continue };
         let event: serde_json::Value = serde_json::from_str(text.as_str())?;

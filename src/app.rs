@@ -117,10 +117,11 @@ impl AppState {
 }
 
 /// Every route, each group behind its own rate limits; `/mcp` and `/events` behind the token guard;
-/// everything but the health probes behind the Host/Origin check; every body bounded.
+/// everything but the health probes behind the Host/Origin check; every body that is read bounded.
 pub fn router(state: AppState) -> Router {
     let config = &state.config;
     let limits = &state.limits;
+    let origins = Origins::new(config);
     let mcp_authenticator = if config.access.mcp_requires_token { state.auth.clone() } else { None };
     let mcp_guard = Guard::mcp(mcp_authenticator, metadata::url(config));
     let mcp = Router::new()
@@ -133,30 +134,53 @@ pub fn router(state: AppState) -> Router {
     // Twilio's own buckets: a flood on /mcp or /events never delays a status callback or a media stream.
     let twilio = webhooks::router().merge(media::router()).layer(limits.by_address(Group::Twilio));
     let other = metadata::router().merge(crate::dashboard::router()).layer(limits.by_address(Group::Other));
-    Router::new()
+    // `/events` responses last as long as their streams, for hours. tower-http's trace and body-limit
+    // layers wrap the response body, so every event would pass through two more boxed bodies and enter
+    // the request's span: the feed gets a span covering the request up to its response head instead, and
+    // no body limit (it reads no body).
+    let events = sse::router(&state)
+        .layer(axum::middleware::from_fn_with_state(origins.clone(), origin::check))
+        .layer(axum::middleware::from_fn(trace_head));
+    let traced = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         // Protected by its own token or a loopback peer; scraped by address (no Host check, no rate limit).
         .merge(crate::telemetry::route::router())
         .merge(twilio)
-        .merge(sse::router(&state))
         .merge(mcp)
         .merge(other)
-        .layer(axum::middleware::from_fn_with_state(Origins::new(config), origin::check))
+        .layer(axum::middleware::from_fn_with_state(origins, origin::check))
         .layer(RequestBodyLimitLayer::new(guard::MCP_BODY_LIMIT))
-        // The span names the request by its redacted URI: `access_token` query values never reach a log line
-        // (nor a trace: the OpenTelemetry span name is the method and path only).
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<axum::body::Body>| {
-            let name = format!("{} {}", request.method(), request.uri().path());
-            tracing::info_span!(
-                "http",
-                otel.name = name,
-                otel.kind = "server",
-                method = %request.method(),
-                uri = %crate::auth::redact_query(request.uri())
-            )
-        }))
-        .with_state(state)
+        .layer(TraceLayer::new_for_http().make_span_with(http_span));
+    // Merged into `events`, not the other way round: of two routers' default fallbacks the merged-in one
+    // is kept, and unknown paths must get the traced 404, not the feed's token check.
+    events.merge(traced).with_state(state)
+}
+
+/// The span of one HTTP request, named by its redacted URI: `access_token` query values never reach a
+/// log line (nor a trace: the OpenTelemetry span name is the method and path only).
+fn http_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let name = format!("{} {}", request.method(), request.uri().path());
+    tracing::info_span!(
+        "http",
+        otel.name = name,
+        otel.kind = "server",
+        method = %request.method(),
+        uri = %crate::auth::redact_query(request.uri())
+    )
+}
+
+/// [`http_span`] for a streaming route: the span covers the request until its response head is ready,
+/// and the body streams outside it, unwrapped.
+async fn trace_head(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use tracing::Instrument as _;
+    let span = http_span(&request);
+    let started = std::time::Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(status = response.status().as_u16(), latency = ?started.elapsed(), "response head sent");
+    });
+    response
 }
 
 /// The calls' part of a drain: refuse new calls, let active ones finish for the drain timeout, then

@@ -135,3 +135,26 @@ pub(crate) fn open_file_limit() -> Option<u64> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
 }
+
+/// Moves the calling thread to the SCHED_IDLE policy (threads it creates later inherit it): it runs only
+/// on CPU time nothing else wants and never preempts the server. The fan-out benchmark's subscribers stand
+/// in for dashboards on other machines; at the server's priority, each event written to one of them woke
+/// it on the writing core, which then switched between the server and that client every 15–40 µs (seen
+/// with `perf sched timehist`), putting the clients' reads into the server's fan-out time. A lower nice
+/// value does not stop that: the clients still get whole time slices in the middle of a fan-out.
+/// `chrt` (util-linux) because nix has no `sched_setscheduler` and unsafe code is forbidden.
+pub(crate) fn idle_current_thread() -> Result<()> {
+    // `/proc/thread-self` links to `PID/task/TID`.
+    let link = std::fs::read_link("/proc/thread-self").context("reading /proc/thread-self")?;
+    let tid = link.file_name().map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+    let status = Command::new("chrt")
+        .args(["--idle", "-p", "0", &tid])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running chrt")?;
+    if !status.success() {
+        return Err(anyhow!("chrt --idle -p 0 {tid}: {status}"));
+    }
+    Ok(())
+}

@@ -263,8 +263,12 @@ async fn events(State(state): State<AppState>, request: Request) -> Result<Respo
 struct EventStream {
     follower: Follower,
     filter: Filter,
-    heartbeat: tokio::time::Interval,
-    expiry: Pin<Box<tokio::time::Sleep>>,
+    heartbeat: Duration,
+    /// When the token expires: the stream ends then.
+    expires: tokio::time::Instant,
+    /// One timer for both clocks, set to the next heartbeat or the expiry, whichever comes first: one
+    /// timer to poll per event instead of two.
+    clock: Pin<Box<tokio::time::Sleep>>,
     /// Frames that go before anything else: the greeting, a replay note, a closing comment.
     outbox: VecDeque<Bytes>,
     /// The stream has decided to end: what is in `outbox` goes out, then the body ends.
@@ -311,8 +315,9 @@ impl EventStream {
         Self {
             follower,
             filter,
-            heartbeat: tokio::time::interval_at(now + heartbeat, heartbeat),
-            expiry: Box::pin(tokio::time::sleep_until(expires)),
+            heartbeat,
+            expires,
+            clock: Box::pin(tokio::time::sleep_until(expires.min(now + heartbeat))),
             outbox,
             ending: false,
             _slot: slot,
@@ -329,6 +334,19 @@ impl EventStream {
                 return None;
             }
             tokio::select! {
+                // The clock first: a follower with a long backlog is always ready, and would otherwise
+                // keep an expired token's stream going until it caught up.
+                biased;
+                () = &mut self.clock => {
+                    let now = tokio::time::Instant::now();
+                    if now >= self.expires {
+                        self.end_with(": token expired; reconnect with a new token\n\n".to_owned());
+                    } else {
+                        let next = self.expires.min(now + self.heartbeat);
+                        self.clock.as_mut().reset(next);
+                        return Some(Bytes::from_static(b": heartbeat\n\n"));
+                    }
+                }
                 next = self.follower.next() => match next {
                     Ok(e) => {
                         if self.filter.admits(&e) {
@@ -346,8 +364,6 @@ impl EventStream {
                     }
                     Err(FollowError::Store) => return None,
                 },
-                _ = self.heartbeat.tick() => return Some(Bytes::from_static(b": heartbeat\n\n")),
-                () = &mut self.expiry => self.end_with(": token expired; reconnect with a new token\n\n".to_owned()),
             }
         }
     }

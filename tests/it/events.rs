@@ -358,6 +358,24 @@ async fn the_stream_closes_when_its_token_expires() {
 }
 
 #[tokio::test]
+async fn a_quiet_stream_gets_heartbeats_until_its_token_expires() {
+    // Heartbeats keep proxies from closing a quiet stream; they share one timer with the token's expiry.
+    let raw = RawConfig { sse_heartbeat_interval: Some("300".into()), ..RawConfig::default() };
+    let server = TestServer::with(Setup { raw, ..Setup::default() }).await;
+    let token = mint(&server.base, "quiet", "events:read", None, 3);
+    let mut feed = subscribe(&server, "", &token).await;
+    assert_eq!(feed.next().await.unwrap().event, "connected");
+    assert_eq!(feed.next().await, None, "the stream ended at the token's expiry");
+    let comments = feed.comments.lock().unwrap().clone();
+    let heartbeats = comments.iter().filter(|c| c.contains("heartbeat")).count();
+    // At least two seconds of life at 300 ms: six or so (four leaves room for a loaded machine), and
+    // none after the closing comment.
+    assert!(heartbeats >= 4, "{comments:?}");
+    assert!(comments.last().is_some_and(|c| c.contains("token expired")), "{comments:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn resuming_from_before_retention_says_so() {
     let dir = std::env::temp_dir().join(format!("vcm-retention-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
