@@ -46,6 +46,8 @@
 
 #[path = "support/process.rs"]
 mod process;
+#[path = "support/stamp.rs"]
+mod stamp;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Parser;
@@ -476,11 +478,11 @@ async fn raw_subscriber(
     let stop = stop.child_token();
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
-    if let Err(e) = nix::sys::socket::setsockopt(&tcp, nix::sys::socket::sockopt::ReceiveTimestampns, &true) {
+    if let Err(e) = stamp::enable(&tcp) {
         result.dropped = Some(format!("SO_TIMESTAMPNS: {e}"));
         return result;
     }
-    let mut control = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let mut control = stamp::control_buffer();
     while !ended {
         tokio::select! {
             biased;
@@ -502,31 +504,15 @@ async fn raw_subscriber(
     result
 }
 
-/// One `recvmsg`: the bytes, and when the kernel received the first of them (SO_TIMESTAMPNS).
+/// One `recvmsg` once the socket is readable: the bytes, and when the kernel received them.
 async fn read_stamped(
     tcp: &tokio::net::TcpStream,
     buf: &mut [u8],
     control: &mut [u8],
 ) -> std::io::Result<(usize, Option<SystemTime>)> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    use std::os::fd::AsRawFd;
     loop {
         tcp.readable().await?;
-        let read = tcp.try_io(tokio::io::Interest::READABLE, || {
-            let mut iov = [std::io::IoSliceMut::new(&mut *buf)];
-            let msg = recvmsg::<()>(tcp.as_raw_fd(), &mut iov, Some(&mut *control), MsgFlags::empty())
-                .map_err(std::io::Error::from)?;
-            let stamp = msg.cmsgs().ok().and_then(|mut messages| {
-                messages.find_map(|m| match m {
-                    ControlMessageOwned::ScmTimestampns(ts) => Some(
-                        UNIX_EPOCH + Duration::new(u64::try_from(ts.tv_sec()).ok()?, u32::try_from(ts.tv_nsec()).ok()?),
-                    ),
-                    _ => None,
-                })
-            });
-            Ok((msg.bytes, stamp))
-        });
-        match read {
+        match tcp.try_io(tokio::io::Interest::READABLE, || stamp::recv(tcp, buf, control)) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             other => return other,
         }

@@ -52,6 +52,8 @@
 
 #[path = "support/process.rs"]
 mod process;
+#[path = "support/stamp.rs"]
+mod stamp;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use axum::extract::{Form, Path as UrlPath, State};
@@ -78,7 +80,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -1384,9 +1386,8 @@ struct StampedTcp {
 
 impl StampedTcp {
     fn new(tcp: TcpStream) -> std::io::Result<Self> {
-        use nix::sys::socket::{setsockopt, sockopt};
-        setsockopt(&tcp, sockopt::ReceiveTimestampns, &true)?;
-        Ok(Self { tcp, control: nix::cmsg_space!(nix::sys::time::TimeSpec), last_rx: None })
+        stamp::enable(&tcp)?;
+        Ok(Self { tcp, control: stamp::control_buffer(), last_rx: None })
     }
 
     /// When the kernel received the bytes of the latest read (None before any, or if it had no stamp).
@@ -1397,8 +1398,6 @@ impl StampedTcp {
 
 impl AsyncRead for StampedTcp {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-        use std::os::fd::AsRawFd;
         let this = self.get_mut();
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
@@ -1409,25 +1408,11 @@ impl AsyncRead for StampedTcp {
             let unfilled = buf.initialize_unfilled();
             // `try_io` clears the readiness when `recvmsg` says WouldBlock; `poll_read_ready` then
             // registers the waker for the next edge.
-            let read = tcp.try_io(Interest::READABLE, || {
-                let mut iov = [std::io::IoSliceMut::new(unfilled)];
-                let msg = recvmsg::<()>(tcp.as_raw_fd(), &mut iov, Some(control.as_mut_slice()), MsgFlags::empty())
-                    .map_err(std::io::Error::from)?;
-                let stamp = msg.cmsgs().ok().and_then(|mut cmsgs| {
-                    cmsgs.find_map(|c| match c {
-                        ControlMessageOwned::ScmTimestampns(ts) => Some(
-                            UNIX_EPOCH
-                                + Duration::new(u64::try_from(ts.tv_sec()).ok()?, u32::try_from(ts.tv_nsec()).ok()?),
-                        ),
-                        _ => None,
-                    })
-                });
-                Ok((msg.bytes, stamp))
-            });
+            let read = tcp.try_io(Interest::READABLE, || stamp::recv(tcp, unfilled, control));
             match read {
-                Ok((n, stamp)) => {
+                Ok((n, received)) => {
                     if n > 0 {
-                        this.last_rx = stamp;
+                        this.last_rx = received;
                     }
                     buf.advance(n);
                     return Poll::Ready(Ok(()));

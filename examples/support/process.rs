@@ -1,5 +1,6 @@
-//! What the benchmark examples share: running the server under test as a child process and reading the
-//! kernel's accounting of it (/proc). Each example includes this file with `#[path]`; each uses a subset.
+//! What the benchmark examples share: running the server under test as a child process, reading the
+//! kernel's accounting of it (/proc), and scheduling the load generator's threads. Each example includes
+//! this file with `#[path]`; each uses a subset.
 #![allow(dead_code)]
 
 use anyhow::{Context as _, Result, anyhow};
