@@ -22,8 +22,9 @@
 //!
 //! `--subscribers N` measures latency. The server publishes only what calls produce (about fifteen
 //! events over ten seconds per call), too slow for 50 events/s, so this part runs the server in-process
-//! on its own runtime (as many worker threads as the binary's: one per CPU): `AppState::new` and
-//! `serve` on a real loopback listener, sandbox configuration. A task on the server's runtime publishes
+//! on its own runtime, built as the binary builds its own (`runtime::build`: one worker per CPU, placed
+//! by the kernel; `--server-affinity auto` pins each to a CPU of its own, as `WORKER_CPU_AFFINITY=auto`
+//! does): `AppState::new` and `serve` on a real loopback listener, sandbox configuration. A task on the server's runtime publishes
 //! `dtmf` events through `state.events.publish` at `--rate` for `--seconds`, noting the instant just
 //! before each publish against the id it returns; N real HTTP SSE clients on a second runtime (in this
 //! same process, so the same clock) note the instant each event's bytes come off their socket. Latency
@@ -63,6 +64,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use voice_call_mcp::auth::{self, Claims};
 use voice_call_mcp::events::CallEvent;
+use voice_call_mcp::runtime;
 use voice_call_mcp::{AppState, RawConfig};
 
 #[derive(Debug, Parser)]
@@ -100,6 +102,10 @@ struct Args {
     /// Worker threads of the in-process server's runtime [default: one per CPU, as the binary].
     #[arg(long)]
     server_threads: Option<usize>,
+    /// The in-process server's workers' CPU affinity, as the binary's WORKER_CPU_AFFINITY (and its
+    /// default): `auto` pins each worker to a CPU of its own when there are exactly as many CPUs as workers.
+    #[arg(long, value_enum, default_value_t = Affinity::Off)]
+    server_affinity: Affinity,
     /// Worker threads of this process's client runtime.
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
@@ -124,6 +130,23 @@ struct Args {
 enum ClientSched {
     Idle,
     Normal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Affinity {
+    Auto,
+    On,
+    Off,
+}
+
+impl From<Affinity> for runtime::CpuAffinity {
+    fn from(a: Affinity) -> Self {
+        match a {
+            Affinity::Auto => Self::Auto,
+            Affinity::On => Self::On,
+            Affinity::Off => Self::Off,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -1036,13 +1059,16 @@ fn run_latency(args: &Args, subs: usize, client_rt: &tokio::runtime::Runtime) ->
             "the open-file limit ({limit}) is below the ~{needed} descriptors {subs} subscribers need in one process"
         );
     }
-    let server_threads =
-        args.server_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(server_threads)
-        .thread_name("fanout-server")
-        .enable_all()
-        .build()?;
+    let server_threads = args.server_threads.unwrap_or_else(runtime::default_worker_threads).max(1);
+    // Built as the binary builds its own, so the workers are placed as they are in production.
+    let (server_rt, placement) = runtime::build(
+        runtime::RuntimeConfig { worker_threads: server_threads, affinity: args.server_affinity.into() },
+        "fanout-server",
+    )?;
+    let placement = match placement {
+        runtime::Placement::Pinned { cpus } => format!("pinned to CPUs {cpus:?}"),
+        runtime::Placement::Unpinned { reason } => format!("not pinned: {reason}"),
+    };
     // Set up on a worker of the server runtime, so any thread the server starts is named as its own.
     let (state, base, serving, sim) = server_rt.block_on(async {
         server_rt
@@ -1070,7 +1096,7 @@ fn run_latency(args: &Args, subs: usize, client_rt: &tokio::runtime::Runtime) ->
             .await?
     })?;
     println!(
-        "\nlatency: {subs} subscribers x {} events/s x {} s; in-process server ({server_threads} worker threads) at {base}, clients on {} threads ({:?} scheduling)",
+        "\nlatency: {subs} subscribers x {} events/s x {} s; in-process server ({server_threads} worker threads, {placement}) at {base}, clients on {} threads ({:?} scheduling)",
         args.rate, args.seconds, args.client_threads, args.client_sched,
     );
     let result = client_rt.block_on(measure_latency(args, subs, &base, &state, server_rt.handle()));

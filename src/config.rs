@@ -151,6 +151,13 @@ pub struct RawConfig {
     /// Bearer token `GET /metrics` requires; without it /metrics answers loopback peers only.
     #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// Async worker threads [default: one per CPU the process may use, CPU quota included].
+    #[arg(long, env = "WORKER_THREADS")]
+    pub worker_threads: Option<String>,
+    /// `off`, `auto` or `on`: keep each worker thread on a CPU of its own (for a host the server has to
+    /// itself); `auto` does when the process may use exactly as many CPUs as it has workers [default: off].
+    #[arg(long, env = "WORKER_CPU_AFFINITY")]
+    pub worker_cpu_affinity: Option<String>,
 }
 
 /// Where the token-verification key comes from.
@@ -265,6 +272,8 @@ pub struct Config {
     pub log_format: crate::telemetry::LogFormat,
     /// The bearer token `/metrics` requires; `None`: loopback peers only.
     pub metrics_token: Option<String>,
+    /// Worker threads and their CPU affinity.
+    pub runtime: crate::runtime::RuntimeConfig,
 }
 
 /// One problem with one setting.
@@ -517,6 +526,7 @@ impl RawConfig {
         if metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
             c.fail("METRICS_TOKEN", "must be at least 16 characters long (e.g. openssl rand -hex 24)");
         }
+        let runtime = self.runtime(&mut c);
 
         if !c.0.is_empty() {
             return Err(c.0);
@@ -558,7 +568,23 @@ impl RawConfig {
             otlp_endpoint,
             log_format,
             metrics_token,
+            runtime,
         })
+    }
+
+    fn runtime(&self, c: &mut Checker) -> crate::runtime::RuntimeConfig {
+        use crate::runtime::{CpuAffinity, default_worker_threads};
+        let worker_threads: usize =
+            c.parse("WORKER_THREADS", &self.worker_threads, default_worker_threads(), "a whole number");
+        if !(1..=1024).contains(&worker_threads) {
+            c.fail("WORKER_THREADS", "must be between 1 and 1024");
+        }
+        let raw = self.worker_cpu_affinity.as_deref().unwrap_or("");
+        let affinity = CpuAffinity::parse(raw).unwrap_or_else(|| {
+            c.fail("WORKER_CPU_AFFINITY", format!("'{}' is not off, auto or on", raw.trim()));
+            CpuAffinity::Off
+        });
+        crate::runtime::RuntimeConfig { worker_threads: worker_threads.clamp(1, 1024), affinity }
     }
 
     /// `/mcp` authorization and the abuse limits. `/mcp` without tokens is only for a loopback bind,
@@ -797,6 +823,8 @@ mod tests {
             max_concurrent_calls: Some("0".into()),
             denied_destinations: Some("+1,1900".into()),
             twilio_api_key_sid: Some("SKnope".into()),
+            worker_threads: Some("0".into()),
+            worker_cpu_affinity: Some("0,1".into()),
             ..live()
         };
         let errors = raw.validate().unwrap_err();
@@ -808,6 +836,8 @@ mod tests {
             "MAX_CONCURRENT_CALLS",
             "DENIED_DESTINATIONS",
             "TWILIO_API_KEY_SECRET",
+            "WORKER_THREADS",
+            "WORKER_CPU_AFFINITY",
         ] {
             assert!(named.contains(&s), "{s} not named in {errors:?}");
         }

@@ -19,6 +19,7 @@
 //! - [`edge`]: what every request passes first — Host/Origin checks and rate limits.
 //! - [`events`]: call events — the log, fan-out, the `/events` SSE feed.
 //! - [`app`]: `AppState`, the router, serving and graceful shutdown; [`listener`]: accepting connections.
+//! - [`runtime`]: the async runtime's worker threads, and when each keeps to a CPU of its own.
 //! - [`dashboard`]: `GET /dashboard`, a self-contained page that follows calls live over `/events`.
 //! - [`telemetry`]: logs (text or JSON), a trace per request and per call, metrics at `/metrics` and
 //!   over OTLP.
@@ -45,6 +46,7 @@ pub mod edge;
 pub mod events;
 pub mod listener;
 pub mod mcp;
+pub mod runtime;
 pub mod sandbox;
 pub mod store;
 pub mod switchboard;

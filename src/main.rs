@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+use voice_call_mcp::runtime::Placement;
 use voice_call_mcp::{AppState, RawConfig, telemetry};
 
 #[derive(Debug, Parser)]
@@ -117,8 +118,15 @@ fn serve(raw: RawConfig) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
+    let runtime = match voice_call_mcp::runtime::build(config.runtime, "voice-call-mcp") {
+        Ok((runtime, placement)) => {
+            let workers = config.runtime.worker_threads;
+            match placement {
+                Placement::Pinned { cpus } => tracing::info!(workers, ?cpus, "worker threads pinned, one CPU each"),
+                Placement::Unpinned { reason } => tracing::info!(workers, %reason, "worker threads not pinned"),
+            }
+            runtime
+        }
         Err(e) => {
             eprintln!("error: could not start the async runtime: {e}");
             return ExitCode::FAILURE;

@@ -95,6 +95,10 @@ impl Sandbox {
         self.process.terminate();
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     pub(crate) fn wait_exit(self, within: Duration) -> (Option<i32>, Vec<String>) {
         self.process.wait_exit(within)
     }
@@ -107,6 +111,48 @@ fn sandbox_serves_and_exits_zero_on_sigterm() {
     assert!(url.starts_with("http://127.0.0.1:") && url.ends_with("/mcp"), "{url}");
     let (code, _) = sandbox.stop();
     assert_eq!(code, Some(0));
+}
+
+/// The CPUs each of the process's threads named `name` may run on, from /proc.
+#[cfg(target_os = "linux")]
+fn cpus_of_threads(pid: u32, name: &str) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(Result::ok)
+        .map(|t| t.path())
+        .filter(|t| std::fs::read_to_string(t.join("comm")).unwrap_or_default().trim() == name)
+        .filter_map(|t| std::fs::read_to_string(t.join("status")).ok())
+        .filter_map(|s| s.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|c| c.trim().to_owned()))
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_operator_can_pin_the_worker_threads_one_cpu_each() {
+    let mut sandbox = Sandbox::start_with("info", &[("WORKER_THREADS", "2"), ("WORKER_CPU_AFFINITY", "on")]);
+    sandbox.wait_for("worker threads pinned, one CPU each");
+    // Each worker pins itself when it first parks; an idle server's workers have all parked, or soon do.
+    // Bounded wait on the threads' own state.
+    let single = |cpus: &String| !cpus.contains([',', '-']);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let threads = cpus_of_threads(sandbox.pid(), "voice-call-mcp");
+        if threads.iter().filter(|c| single(c)).count() >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no two pinned worker threads: {threads:?}");
+        std::thread::yield_now();
+    }
+    let (code, _) = sandbox.stop();
+    assert_eq!(code, Some(0));
+
+    // The default leaves them to the kernel, and says so.
+    let mut unpinned = Sandbox::start("info");
+    unpinned.wait_for("worker threads not pinned");
+    let out = bare(&["check", "--sandbox"]).env("WORKER_CPU_AFFINITY", "0-1").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("WORKER_CPU_AFFINITY: '0-1' is not off, auto or on"), "{stderr}");
 }
 
 #[test]

@@ -323,6 +323,11 @@ impl ServerProcess {
         panic!("the server never printed {needle:?}; it printed {:#?}", self.seen);
     }
 
+    /// The child's process id (to read its threads under /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and returns at once.
     pub fn terminate(&self) {
         let status = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
