@@ -24,12 +24,12 @@
 //! events over ten seconds per call), too slow for 50 events/s, so this part runs the server in-process
 //! on its own runtime, built as the binary builds its own (`runtime::build`: one worker per CPU, placed
 //! by the kernel; `--server-affinity auto` pins each to a CPU of its own, as `WORKER_CPU_AFFINITY=auto`
-//! does): `AppState::new` and `serve` on a real loopback listener, sandbox configuration. A task on the server's runtime publishes
-//! `dtmf` events through `state.events.publish` at `--rate` for `--seconds`, noting the instant just
-//! before each publish against the id it returns; N real HTTP SSE clients on a second runtime (in this
-//! same process, so the same clock) note the instant each event's bytes come off their socket. Latency
-//! is receive − publish, for every (subscriber, event); every subscriber must receive every event, once
-//! and in order. The clients share the 2 cores with the server, so that figure includes their own
+//! does): `AppState::new` and `serve` on a real loopback listener, sandbox configuration. A task on the
+//! server's runtime publishes `dtmf` events through `state.events.publish` at `--rate` for `--seconds`,
+//! noting the instant just before each publish against the id it returns; N real HTTP SSE clients on a
+//! second runtime (in this same process, so the same clock) note the instant each event's bytes come
+//! off their socket. Latency is receive − publish, for every (subscriber, event); every subscriber must
+//! receive every event, once and in order. The clients share the 2 cores with the server, so that figure includes their own
 //! scheduling: the CPU each side used is printed. They stand in for dashboards on other machines, so
 //! their threads run under SCHED_IDLE (`--client-sched idle`): they use the CPU the server leaves and
 //! never preempt it. At the server's priority (`--client-sched normal`) each write wakes a subscriber

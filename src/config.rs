@@ -584,7 +584,7 @@ impl RawConfig {
             c.fail("WORKER_CPU_AFFINITY", format!("'{}' is not off, auto or on", raw.trim()));
             CpuAffinity::Off
         });
-        crate::runtime::RuntimeConfig { worker_threads: worker_threads.clamp(1, 1024), affinity }
+        crate::runtime::RuntimeConfig { worker_threads, affinity }
     }
 
     /// `/mcp` authorization and the abuse limits. `/mcp` without tokens is only for a loopback bind,

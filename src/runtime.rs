@@ -19,7 +19,6 @@
 //! regardless. Only worker threads are pinned (each as it first parks): blocking threads and
 //! the store's writer go wherever the kernel puts them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// `WORKER_CPU_AFFINITY`.
@@ -93,19 +92,20 @@ pub fn build(config: RuntimeConfig, thread_name: &str) -> std::io::Result<(tokio
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(config.worker_threads.max(1)).thread_name(thread_name).enable_all();
     if let Placement::Pinned { cpus } = &placement {
-        let pinner = Pinner { cpus: cpus.clone().into(), next: Arc::new(AtomicUsize::new(0)) };
+        let pinner = Pinner { cpus: cpus.clone(), next: AtomicUsize::new(0) };
         // Only workers park, so only workers are pinned; each once, the first time it parks (at start-up,
-        // before it has run anything).
+        // when it finds nothing to run yet).
         builder.on_thread_park(move || pinner.pin_this_worker_once());
     }
     Ok((builder.build()?, placement))
 }
 
 /// Hands out CPUs to workers in the order they first park.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Pinner {
-    cpus: Arc<[usize]>,
-    next: Arc<AtomicUsize>,
+    /// Never empty: [`plan`] pins only to CPUs it could read.
+    cpus: Vec<usize>,
+    next: AtomicUsize,
 }
 
 thread_local! {
