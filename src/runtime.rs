@@ -65,7 +65,7 @@ pub fn default_worker_threads() -> usize {
 /// Where the workers run, for the start-up log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
-    /// Worker i keeps to CPU `cpus[i % cpus.len()]` once it first parks.
+    /// The n-th worker to park keeps to CPU `cpus[n % cpus.len()]` from then on.
     Pinned { cpus: Vec<usize> },
     /// Not pinned, and why.
     Unpinned { reason: String },
