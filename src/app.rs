@@ -6,7 +6,7 @@
 
 use crate::auth::guard::{self, Guard};
 use crate::auth::{AuthSetupError, Authenticator, metadata};
-use crate::calls::{Call, CallRegistry, CallStatus};
+use crate::calls::{Call, CallRegistry, CallStatus, Transcript, TranscriptLine};
 use crate::carrier::{media, rest, webhooks};
 use crate::config::Config;
 use crate::edge::rate::Group;
@@ -21,6 +21,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,14 +87,7 @@ impl AppState {
         };
         let call_store: Arc<dyn CallStore> = store.clone();
         let calls = Arc::new(CallRegistry::with_store(config.max_concurrent_calls, Some(call_store)));
-        let mut restored: Vec<Call> = store
-            .load_calls(RESTORED_CALLS)
-            .await?
-            .into_iter()
-            .filter_map(|c| serde_json::from_str(&c.data).ok())
-            .collect();
-        restored.reverse();
-        calls.restore(restored);
+        calls.restore(restored_calls(&store).await?);
         let event_store: Arc<dyn EventStore> = store.clone();
         let events = Arc::new(EventBus::new(event_store));
         let voices = Arc::new(Voices::new(config.voice.clone(), timing, tasks.clone(), wrap_up.clone()));
@@ -114,6 +108,37 @@ impl AppState {
             tasks,
         })
     }
+}
+
+/// Calls from earlier runs with their transcripts, oldest first. A record saved by a build that kept
+/// the transcript inside it still brings its lines back.
+async fn restored_calls(store: &SqliteStore) -> Result<Vec<(Call, Transcript)>, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Legacy {
+        #[serde(default)]
+        transcript: Vec<TranscriptLine>,
+    }
+    let mut lines: HashMap<String, Vec<TranscriptLine>> = HashMap::new();
+    for line in store.load_lines(RESTORED_CALLS).await? {
+        if let Ok(l) = serde_json::from_str(&line.data) {
+            lines.entry(line.call_sid).or_default().push(l);
+        }
+    }
+    let mut restored: Vec<(Call, Transcript)> = store
+        .load_calls(RESTORED_CALLS)
+        .await?
+        .into_iter()
+        .filter_map(|c| {
+            let call: Call = serde_json::from_str(&c.data).ok()?;
+            let lines = match lines.remove(&c.call_sid) {
+                Some(lines) => lines,
+                None => serde_json::from_str::<Legacy>(&c.data).map(|l| l.transcript).unwrap_or_default(),
+            };
+            Some((call, Transcript::from_lines(lines)))
+        })
+        .collect();
+    restored.reverse();
+    Ok(restored)
 }
 
 /// Every route, each group behind its own rate limits; `/mcp` and `/events` behind the token guard;

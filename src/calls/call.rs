@@ -4,9 +4,14 @@
 //! the rules for changing it live in [`Call::apply`], so every producer — webhooks, REST replies,
 //! the voice bridge — moves a call the same way.
 
-use super::{CallStatus, E164};
+use super::{CallStatus, E164, TranscriptPage};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+/// Key presses kept on a record: a keypad held down, or a hostile stream, cannot grow it without bound.
+pub const MAX_DTMF: usize = 1_000;
+/// Errors kept on a record; more are counted.
+pub const MAX_ERRORS: usize = 100;
 
 /// Twilio's call id (`CA` + 32 hex digits). The one id clients see for a call.
 pub type CallSid = String;
@@ -83,6 +88,8 @@ impl<'de> Deserialize<'de> for E164 {
     }
 }
 
+/// A call's record, without its transcript (see [`super::Transcript`]): small, so copying it on every
+/// change and saving it costs the same on the last minute of a long call as on the first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Call {
@@ -106,15 +113,32 @@ pub struct Call {
     pub answered_by: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recording_url: Option<String>,
-    pub transcript: Vec<TranscriptLine>,
-    /// Keys the callee pressed, in order.
+    /// Keys the callee pressed, in order (the first [`MAX_DTMF`]).
     pub dtmf: Vec<String>,
+    /// What went wrong, in order (the first [`MAX_ERRORS`]; `errorsOmitted` counts the rest).
     pub errors: Vec<CallError>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub errors_omitted: u64,
     /// True when the call was placed against the built-in simulators, not a real phone network.
     pub sandbox: bool,
     /// Twilio `SequenceNumber`s already applied: callbacks are retried and duplicated, each counts once.
     #[serde(skip)]
     applied_sequences: Vec<u32>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A call as readers see it (`get-call`, the `call://` resource): the record and a page of its
+/// transcript.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRecord {
+    #[serde(flatten)]
+    pub call: Call,
+    #[serde(flatten)]
+    pub page: TranscriptPage,
 }
 
 /// One observation about a call, from whichever edge saw it.
@@ -162,9 +186,9 @@ impl Call {
             duration_secs: None,
             answered_by: None,
             recording_url: None,
-            transcript: Vec::new(),
             dtmf: Vec::new(),
             errors: Vec::new(),
+            errors_omitted: 0,
             sandbox,
             applied_sequences: Vec::new(),
         }
@@ -213,6 +237,24 @@ impl Call {
             }
         }
         applied
+    }
+
+    /// Keeps a key press, unless [`MAX_DTMF`] are kept already; whether it was kept.
+    pub fn push_dtmf(&mut self, digit: String) -> bool {
+        let keep = self.dtmf.len() < MAX_DTMF;
+        if keep {
+            self.dtmf.push(digit);
+        }
+        keep
+    }
+
+    /// Keeps an error, or counts it once [`MAX_ERRORS`] are kept.
+    pub fn push_error(&mut self, error: CallError) {
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(error);
+        } else {
+            self.errors_omitted += 1;
+        }
     }
 
     fn set_answered_by(&mut self, by: String) -> bool {

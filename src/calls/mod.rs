@@ -7,11 +7,19 @@ mod policy;
 mod registry;
 pub mod safety;
 mod status;
+mod transcript;
 
 #[cfg(test)]
 pub(crate) use call::test_request;
-pub use call::{Applied, Call, CallError, CallRequest, CallSid, CallUpdate, Speaker, TranscriptLine};
+pub use call::{
+    Applied, Call, CallError, CallRecord, CallRequest, CallSid, CallUpdate, MAX_DTMF, MAX_ERRORS, Speaker,
+    TranscriptLine,
+};
 pub use number::{E164, NumberError};
 pub use policy::{BadPrefix, DestinationPolicy, PolicyError};
 pub use registry::{CallEntry, CallRegistry, DialTicket, RegistryError, UpdateOutcome};
 pub use status::CallStatus;
+pub use transcript::{
+    DEFAULT_PAGE_LINES, MAX_LINE_BYTES, MAX_LINES, MAX_PAGE_BYTES, MAX_PAGE_LINES, PageRequest, Transcript,
+    TranscriptPage,
+};

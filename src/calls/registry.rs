@@ -9,8 +9,10 @@
 //! dial is in flight, updates for unknown calls are parked and applied when the call is inserted, so no
 //! early `initiated` or `ringing` is lost.
 
-use super::{Applied, Call, CallSid, CallStatus, CallUpdate};
-use crate::store::{CallStore, StoredCall};
+use super::{
+    Applied, Call, CallRecord, CallSid, CallStatus, CallUpdate, PageRequest, Speaker, Transcript, TranscriptLine,
+};
+use crate::store::{CallStore, StoredCall, StoredLine};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -82,6 +84,9 @@ pub struct CallEntry {
     /// A copy of the call's id, readable without the lock.
     call_sid: CallSid,
     call: Mutex<Call>,
+    /// Apart from the record, so that a new line is O(line): the record is copied and saved on every
+    /// change, the transcript never is.
+    transcript: Mutex<Transcript>,
     /// Bumped on every change; `wait-for-call` and notifications wait on it instead of polling.
     version: watch::Sender<u64>,
     /// The concurrency slot, given back when the call's ending has been published.
@@ -98,6 +103,48 @@ impl CallEntry {
 
     pub fn snapshot(&self) -> Call {
         lock(&self.call).clone()
+    }
+
+    /// The record with a page of its transcript, as readers see it.
+    pub fn record(&self, page: PageRequest) -> CallRecord {
+        let call = self.snapshot();
+        let page = lock(&self.transcript).page(page);
+        CallRecord { call, page }
+    }
+
+    /// Lines in the transcript so far.
+    pub fn transcript_len(&self) -> usize {
+        lock(&self.transcript).len()
+    }
+
+    /// Up to `max_lines` transcript lines from index `from` on.
+    pub fn transcript_since(&self, from: usize, max_lines: usize) -> Vec<TranscriptLine> {
+        lock(&self.transcript).since(from, max_lines).to_vec()
+    }
+
+    /// The latest transcript lines whose text fits in `max_bytes`.
+    pub fn transcript_latest_within(&self, max_bytes: usize) -> Vec<TranscriptLine> {
+        lock(&self.transcript).latest_within(max_bytes).to_vec()
+    }
+
+    /// Adds what someone said to the transcript, bounded (see [`TranscriptLine::bounded`]), stores it as a
+    /// row of its own and wakes watchers: O(line), however long the call has been. Returns the line as
+    /// kept, for its event; `None` when there was nothing to say.
+    pub fn append_line(&self, speaker: Speaker, text: &str) -> Option<TranscriptLine> {
+        let line = TranscriptLine::bounded(speaker, text, time::OffsetDateTime::now_utc())?;
+        let index = lock(&self.transcript).push(line.clone());
+        if let (Some(index), Some(store)) = (index, &self.store) {
+            match serde_json::to_string(&line) {
+                Ok(data) => store.append_line(StoredLine {
+                    call_sid: self.call_sid.clone(),
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    data,
+                }),
+                Err(e) => tracing::error!(call_sid = %self.call_sid, error = %e, "a transcript line did not serialize"),
+            }
+        }
+        self.version.send_modify(|v| *v += 1);
+        Some(line)
     }
 
     pub fn stream_token(&self) -> &str {
@@ -131,7 +178,7 @@ impl CallEntry {
         }
     }
 
-    /// Changes the call with `f` (for edges that add to it, e.g. transcript lines) and wakes watchers.
+    /// Changes the call with `f` (for edges that add to it, e.g. key presses) and wakes watchers.
     pub fn modify<R>(&self, f: impl FnOnce(&mut Call) -> R) -> R {
         let (r, snapshot) = {
             let mut call = lock(&self.call);
@@ -220,6 +267,7 @@ impl CallRegistry {
         let entry = Arc::new(CallEntry {
             call_sid: sid.clone(),
             call: Mutex::new(call),
+            transcript: Mutex::default(),
             version: watch::Sender::new(0),
             slot: Mutex::new(ticket.permit.take()),
             stream_token,
@@ -244,9 +292,9 @@ impl CallRegistry {
 
     /// Puts back calls from a previous run (oldest first), for history. They hold no concurrency slot
     /// and have no media token: a call still live on Twilio's side keeps getting its status callbacks.
-    pub fn restore(&self, calls: Vec<Call>) {
+    pub fn restore(&self, calls: Vec<(Call, Transcript)>) {
         let mut inner = write(&self.inner);
-        for call in calls {
+        for (call, transcript) in calls {
             let sid = call.call_sid.clone();
             if inner.calls.contains_key(&sid) {
                 continue;
@@ -254,6 +302,7 @@ impl CallRegistry {
             let entry = Arc::new(CallEntry {
                 call_sid: sid.clone(),
                 call: Mutex::new(call),
+                transcript: Mutex::new(transcript),
                 version: watch::Sender::new(0),
                 slot: Mutex::new(None),
                 stream_token: String::new(),
@@ -270,6 +319,11 @@ impl CallRegistry {
 
     pub fn get(&self, sid: &str) -> Option<Call> {
         self.entry(sid).map(|e| e.snapshot())
+    }
+
+    /// A call's record with a page of its transcript.
+    pub fn record(&self, sid: &str, page: PageRequest) -> Option<CallRecord> {
+        self.entry(sid).map(|e| e.record(page))
     }
 
     /// Applies an update to a call, parking it if the call's dial has not returned yet.
@@ -309,9 +363,9 @@ impl CallRegistry {
     }
 
     /// The most recently placed call, if any.
-    pub fn latest(&self) -> Option<Call> {
+    pub fn latest(&self) -> Option<Arc<CallEntry>> {
         let inner = read(&self.inner);
-        inner.order.back().and_then(|sid| inner.calls.get(sid)).map(|e| e.snapshot())
+        inner.order.back().and_then(|sid| inner.calls.get(sid)).cloned()
     }
 
     /// Calls that have not ended.
@@ -424,6 +478,55 @@ mod tests {
         assert_eq!(reg.update("CA404", status(CallStatus::Ringing, 1)), UpdateOutcome::Unknown);
     }
 
+    /// Counts what the registry hands the store, in bytes.
+    #[derive(Debug, Default)]
+    struct CountingStore {
+        saved: std::sync::atomic::AtomicUsize,
+        lines: std::sync::atomic::AtomicUsize,
+    }
+
+    impl CallStore for CountingStore {
+        fn save_call(&self, call: StoredCall) {
+            self.saved.fetch_add(call.data.len(), Ordering::Relaxed);
+        }
+        fn append_line(&self, line: StoredLine) {
+            self.lines.fetch_add(line.data.len(), Ordering::Relaxed);
+        }
+        fn load_calls(
+            &self,
+            _: usize,
+        ) -> futures::future::BoxFuture<'_, Result<Vec<StoredCall>, crate::store::StoreError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn load_lines(
+            &self,
+            _: usize,
+        ) -> futures::future::BoxFuture<'_, Result<Vec<StoredLine>, crate::store::StoreError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    #[test]
+    fn a_long_transcript_costs_what_its_lines_cost_not_their_square() {
+        let store = Arc::new(CountingStore::default());
+        let reg = CallRegistry::with_store(1, Some(store.clone()));
+        let (entry, _) = reg.insert(reg.reserve().unwrap(), call("CA1"), "t".into());
+        let record_bytes = store.saved.load(Ordering::Relaxed);
+        // 500 lines of 8 KiB: each is cut to the line bound, and each is written once.
+        let text = "word ".repeat(8 * 1024 / 5);
+        for _ in 0..500 {
+            entry.append_line(Speaker::Human, &text).unwrap();
+        }
+        let line_bytes = store.lines.load(Ordering::Relaxed);
+        assert!(line_bytes <= 500 * (super::super::MAX_LINE_BYTES + 200), "{line_bytes} bytes of lines stored");
+        assert_eq!(store.saved.load(Ordering::Relaxed), record_bytes, "no line rewrote the record");
+        // A key press saves the record again: still the record's size, not the transcript's.
+        entry.modify(|c| c.push_dtmf("1".into()));
+        assert!(store.saved.load(Ordering::Relaxed) < 3 * record_bytes);
+        assert_eq!(entry.transcript_len(), 500);
+        assert!(entry.snapshot() == entry.record(PageRequest::default()).call, "the record is the same call");
+    }
+
     #[test]
     fn closing_refuses_new_calls() {
         let reg = CallRegistry::new(4);
@@ -443,6 +546,6 @@ mod tests {
         assert_eq!(sids, ["CA3", "CA2", "CA1"]);
         let live = reg.list(Some(&[CallStatus::InProgress]), 10);
         assert_eq!(live.len(), 1);
-        assert_eq!(reg.latest().unwrap().call_sid, "CA3");
+        assert_eq!(reg.latest().unwrap().call_sid(), "CA3");
     }
 }

@@ -14,7 +14,7 @@ mod prompts;
 mod tools;
 
 use crate::app::AppState;
-use crate::calls::Call;
+use crate::calls::{Call, PageRequest};
 use rmcp::handler::server::router::prompt::PromptRouter;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::model::{
@@ -273,19 +273,27 @@ impl ServerHandler for McpServer {
         let body = match uri.strip_prefix("call://") {
             Some("transcriptions/latest") => {
                 let latest = if access.limited_to_calls() {
-                    self.state.calls.list(None, usize::MAX).into_iter().find(|c| access.may_see(&c.call_sid))
+                    let visible =
+                        self.state.calls.list(None, usize::MAX).into_iter().find(|c| access.may_see(&c.call_sid));
+                    visible.and_then(|c| self.state.calls.entry(&c.call_sid))
                 } else {
                     self.state.calls.latest()
                 };
+                let record = latest.map(|e| e.record(PageRequest::default()));
                 serde_json::json!({
-                    "callSid": latest.as_ref().map(|c| c.call_sid.clone()),
-                    "status": latest.as_ref().map(|c| c.status),
-                    "transcript": latest.map(|c| c.transcript).unwrap_or_default(),
+                    "callSid": record.as_ref().map(|r| r.call.call_sid.clone()),
+                    "status": record.as_ref().map(|r| r.call.status),
+                    "transcript": record.as_ref().map(|r| r.page.transcript.clone()).unwrap_or_default(),
+                    "transcriptTotal": record.as_ref().map_or(0, |r| r.page.transcript_total),
+                    "transcriptFrom": record.as_ref().map_or(0, |r| r.page.transcript_from),
                 })
             }
             Some(sid) if !access.may_see(sid) => return Err(not_found()),
-            Some(sid) => serde_json::to_value(self.state.calls.get(sid).ok_or_else(not_found)?)
-                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?,
+            // The record with the latest page of its transcript: get-call pages through a long one.
+            Some(sid) => {
+                serde_json::to_value(self.state.calls.record(sid, PageRequest::default()).ok_or_else(not_found)?)
+                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
+            }
             None => return Err(not_found()),
         };
         let contents = ResourceContents::TextResourceContents {

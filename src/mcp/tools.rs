@@ -5,7 +5,7 @@
 //! result whose sentence says what to change, never a protocol error.
 
 use super::McpServer;
-use crate::calls::{Call, CallStatus, TranscriptLine};
+use crate::calls::{Call, CallEntry, CallRecord, CallStatus, PageRequest, TranscriptLine, TranscriptPage};
 use crate::switchboard::PlaceCall;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ProgressNotificationParam, RequestMetaObject};
@@ -61,9 +61,16 @@ pub(crate) struct TriggerCallResult {
     /// Set when waitForCompletion was asked for: how long the call was connected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) duration_secs: Option<u32>,
-    /// Set when waitForCompletion was asked for: what was said.
+    /// Set when waitForCompletion was asked for and the call ended: what was said (the latest lines;
+    /// get-call with transcriptFrom pages through the rest).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) transcript: Option<Vec<TranscriptLine>>,
+    /// With `transcript`: lines in the whole transcript.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) transcript_total: Option<usize>,
+    /// With `transcript`: the index (from 0) of its first line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) transcript_from: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -71,6 +78,20 @@ pub(crate) struct TriggerCallResult {
 pub(crate) struct CallSidArgs {
     /// The call's id, as trigger-call or list-calls returned it (CA…).
     pub(crate) call_sid: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct GetCallArgs {
+    /// The call's id, as trigger-call or list-calls returned it (CA…).
+    pub(crate) call_sid: String,
+    /// The transcript from this line on (from 0); omitted: the latest lines. The result's
+    /// transcriptFrom and transcriptTotal say where the page sits.
+    #[serde(default)]
+    pub(crate) transcript_from: Option<u32>,
+    /// At most this many transcript lines (default 100, at most 500; a page also stops at 128 KiB of text).
+    #[serde(default)]
+    pub(crate) limit: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -150,18 +171,20 @@ pub(crate) struct WaitForCallResult {
     pub(crate) duration_secs: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) answered_by: Option<String>,
-    pub(crate) transcript: Vec<TranscriptLine>,
+    /// What was said: the latest lines (get-call with transcriptFrom pages through the rest).
+    #[serde(flatten)]
+    pub(crate) transcript: TranscriptPage,
 }
 
-impl From<&Call> for CallSummary {
-    fn from(c: &Call) -> Self {
+impl CallSummary {
+    fn of(c: &Call, transcript_lines: usize) -> Self {
         Self {
             call_sid: c.call_sid.clone(),
             to: c.request.to.to_string(),
             status: c.status,
             created_at: c.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
             duration_secs: c.duration_secs,
-            transcript_lines: c.transcript.len(),
+            transcript_lines,
         }
     }
 }
@@ -214,12 +237,13 @@ when the call has ended, with its transcript). Costs money and rings a real phon
         let mut call = entry.snapshot();
         let mut message = format!("Calling {} now.", call.request.to);
         if wait {
-            call = self.wait(&call.call_sid, self.wait_limit(), &meta, &peer).await?;
+            call = self.wait(&entry, self.wait_limit(), &meta, &peer).await;
             message = outcome_sentence(&call);
         } else {
             message.push_str(" Use wait-for-call or get-call with the callSid to follow it.");
         }
         let ended = call.status.is_terminal();
+        let page = (wait && ended).then(|| entry.record(PageRequest::default()).page);
         Ok(Json(TriggerCallResult {
             sse_url: self.sse_url(&call.call_sid),
             resource_uri: format!("call://{}", call.call_sid),
@@ -227,24 +251,29 @@ when the call has ended, with its transcript). Costs money and rings a real phon
             status: call.status,
             sandbox: call.sandbox,
             duration_secs: if wait { call.duration_secs } else { None },
-            transcript: (wait && ended).then(|| call.transcript.clone()),
+            transcript_total: page.as_ref().map(|p| p.transcript_total),
+            transcript_from: page.as_ref().map(|p| p.transcript_from),
+            transcript: page.map(|p| p.transcript),
             call_sid: call.call_sid,
         }))
     }
 
     #[tool(
         name = "get-call",
-        description = "Get one call's record: status, numbers, timing, answeredBy, recording and the transcript so far.",
+        description = "Get one call's record: status, numbers, timing, answeredBy, recording and its transcript \
+(the latest 100 lines by default; transcriptFrom and limit page through a long one, transcriptTotal counts it).",
         annotations(title = "Get a call", read_only_hint = true, open_world_hint = false)
     )]
     async fn get_call(
         &self,
-        Parameters(args): Parameters<CallSidArgs>,
+        Parameters(args): Parameters<GetCallArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<Json<Call>, String> {
+    ) -> Result<Json<CallRecord>, String> {
         self.access(&ctx).read()?;
         let sid = self.visible(&ctx, &args.call_sid)?;
-        self.state.calls.get(sid).map(Json).ok_or_else(|| unknown_call(sid))
+        let page =
+            PageRequest { from: args.transcript_from.map(|n| n as usize), limit: args.limit.map(|n| n as usize) };
+        self.state.calls.record(sid, page).map(Json).ok_or_else(|| unknown_call(sid))
     }
 
     #[tool(
@@ -263,7 +292,7 @@ when the call has ended, with its transcript). Costs money and rings a real phon
         if !access.limited_to_calls() {
             let calls = self.state.calls.list(args.status.as_deref(), limit);
             return Ok(Json(ListCallsResult {
-                calls: calls.iter().map(CallSummary::from).collect(),
+                calls: calls.iter().map(|c| self.summary(c)).collect(),
                 active: self.state.calls.active_count(),
             }));
         }
@@ -276,7 +305,7 @@ when the call has ended, with its transcript). Costs money and rings a real phon
             .filter(|c| access.may_see(&c.call_sid))
             .collect();
         let active = visible.iter().filter(|c| !c.status.is_terminal()).count();
-        Ok(Json(ListCallsResult { calls: visible.iter().take(limit).map(CallSummary::from).collect(), active }))
+        Ok(Json(ListCallsResult { calls: visible.iter().take(limit).map(|c| self.summary(c)).collect(), active }))
     }
 
     #[tool(
@@ -363,13 +392,14 @@ final status, duration and transcript.",
         let sid = self.visible(&ctx, &args.call_sid)?;
         let limit = self.wait_limit();
         let timeout = args.timeout_secs.map(Duration::from_secs).map_or(limit, |t| t.min(limit));
-        let call = self.wait(sid, timeout, &meta, &ctx.peer).await?;
+        let entry = self.state.calls.entry(sid).ok_or_else(|| unknown_call(sid))?;
+        let call = self.wait(&entry, timeout, &meta, &ctx.peer).await;
         Ok(Json(WaitForCallResult {
             ended: call.status.is_terminal(),
             status: call.status,
             duration_secs: call.duration_secs,
             answered_by: call.answered_by,
-            transcript: call.transcript,
+            transcript: entry.record(PageRequest::default()).page,
             call_sid: call.call_sid,
         }))
     }
@@ -381,6 +411,11 @@ impl McpServer {
     fn visible<'a>(&self, ctx: &RequestContext<RoleServer>, call_sid: &'a str) -> Result<&'a str, String> {
         let sid = call_sid.trim();
         if self.access(ctx).may_see(sid) { Ok(sid) } else { Err(unknown_call(sid)) }
+    }
+
+    fn summary(&self, call: &Call) -> CallSummary {
+        let lines = self.state.calls.entry(&call.call_sid).map_or(0, |e| e.transcript_len());
+        CallSummary::of(call, lines)
     }
 
     fn sse_url(&self, call_sid: &str) -> String {
@@ -396,12 +431,11 @@ impl McpServer {
     /// gave a progress token. Wakes on the call's own change signal, never by polling.
     async fn wait(
         &self,
-        call_sid: &str,
+        entry: &CallEntry,
         timeout: Duration,
         meta: &RequestMetaObject,
         peer: &Peer<RoleServer>,
-    ) -> Result<Call, String> {
-        let entry = self.state.calls.entry(call_sid).ok_or_else(|| unknown_call(call_sid))?;
+    ) -> Call {
         let mut changes = entry.subscribe();
         let progress_token = meta.get_progress_token();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -409,23 +443,24 @@ impl McpServer {
         let mut reported = (None, 0usize);
         loop {
             let call = entry.snapshot();
+            let lines = entry.transcript_len();
             if let Some(token) = &progress_token
-                && reported != (Some(call.status), call.transcript.len())
+                && reported != (Some(call.status), lines)
             {
                 step += 1;
-                let news = progress_message(&call, reported.1);
-                reported = (Some(call.status), call.transcript.len());
+                let news = progress_message(&call, &entry.transcript_since(reported.1, PROGRESS_LINES));
+                reported = (Some(call.status), lines);
                 let note = ProgressNotificationParam::new(token.clone(), f64::from(step)).with_message(news);
                 // A client that went away cannot be told; the wait itself is still answered.
                 let _ = peer.notify_progress(note).await;
             }
             if call.status.is_terminal() {
-                return Ok(call);
+                return call;
             }
             tokio::select! {
-                changed = changes.changed() => if changed.is_err() { return Ok(entry.snapshot()) },
-                _ = tokio::time::sleep_until(deadline) => return Ok(entry.snapshot()),
-                _ = self.state.shutdown.cancelled() => return Ok(entry.snapshot()),
+                changed = changes.changed() => if changed.is_err() { return entry.snapshot() },
+                _ = tokio::time::sleep_until(deadline) => return entry.snapshot(),
+                _ = self.state.shutdown.cancelled() => return entry.snapshot(),
             }
         }
     }
@@ -436,9 +471,12 @@ fn unknown_call(sid: &str) -> String {
     format!("No call '{shown}' is known to this server; use list-calls to see the calls it has.")
 }
 
-fn progress_message(call: &Call, transcript_seen: usize) -> String {
-    let new_lines: Vec<String> =
-        call.transcript.iter().skip(transcript_seen).map(|l| format!("{}: {}", l.speaker.as_str(), l.text)).collect();
+/// New transcript lines told in one progress notification, at most (each is bounded): lines that piled
+/// up while a slow client read are summed up by the next one rather than sent as one huge message.
+const PROGRESS_LINES: usize = 20;
+
+fn progress_message(call: &Call, new_lines: &[TranscriptLine]) -> String {
+    let new_lines: Vec<String> = new_lines.iter().map(|l| format!("{}: {}", l.speaker.as_str(), l.text)).collect();
     if new_lines.is_empty() { format!("call {}", call.status) } else { new_lines.join("\n") }
 }
 

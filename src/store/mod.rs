@@ -42,6 +42,16 @@ pub struct StoredCall {
     pub updated_at: OffsetDateTime,
 }
 
+/// One line of a call's transcript, as it is stored: appended once, never rewritten.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredLine {
+    pub call_sid: String,
+    /// The line's place in its call's transcript, from 0.
+    pub index: u32,
+    /// The line's JSON.
+    pub data: String,
+}
+
 /// The durable side of the event log.
 ///
 /// Ids are assigned by the caller, from `last_event_id() + 1` onward: the in-memory publisher hands them
@@ -63,8 +73,14 @@ pub trait EventStore: Send + Sync + std::fmt::Debug {
 pub trait CallStore: Send + Sync + std::fmt::Debug {
     /// Queues an upsert of the call for the writer; returns at once. Later saves of the same call win.
     fn save_call(&self, call: StoredCall);
+    /// Queues one transcript line for the writer; returns at once. A line is written once: appending costs
+    /// the same on a call's thousandth line as on its first.
+    fn append_line(&self, line: StoredLine);
     /// Up to `limit` calls, newest created first, to refill the registry at start.
     fn load_calls(&self, limit: usize) -> BoxFuture<'_, Result<Vec<StoredCall>, StoreError>>;
+    /// The transcript lines of the `limit` newest calls (those `load_calls(limit)` returns), in order
+    /// within each call.
+    fn load_lines(&self, limit: usize) -> BoxFuture<'_, Result<Vec<StoredLine>, StoreError>>;
 }
 
 /// Why the store could not be opened or read. Opening errors name `DATABASE_URL`, the setting to fix.

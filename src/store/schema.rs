@@ -32,6 +32,13 @@ const MIGRATIONS: &[&str] = &[
         updated_at_ns INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX calls_created ON calls (created_at_ns);",
+    // 2: transcripts, a row per line, appended: a call record no longer carries (and rewrites) them.
+    "CREATE TABLE transcript_lines (
+        call_sid TEXT NOT NULL,
+        idx      INTEGER NOT NULL,    -- the line's place in its call's transcript, from 0
+        data     TEXT NOT NULL,       -- the line's JSON
+        PRIMARY KEY (call_sid, idx)
+    ) STRICT, WITHOUT ROWID;",
 ];
 
 /// Brings the schema to the newest version. `Ok(Err(found))` when the file is newer than this build.

@@ -8,7 +8,7 @@
 
 use super::schema::{self, from_ns};
 use super::writer::{Op, Retention, Writer};
-use super::{CallStore, EventStore, StoreError, StoredCall, StoredEvent};
+use super::{CallStore, EventStore, StoreError, StoredCall, StoredEvent, StoredLine};
 use futures::future::BoxFuture;
 use rusqlite::{Connection, OpenFlags};
 use std::path::PathBuf;
@@ -238,6 +238,29 @@ impl EventStore for SqliteStore {
 impl CallStore for SqliteStore {
     fn save_call(&self, call: StoredCall) {
         self.enqueue(Op::Call(call));
+    }
+
+    fn append_line(&self, line: StoredLine) {
+        self.enqueue(Op::Line(line));
+    }
+
+    fn load_lines(&self, limit: usize) -> BoxFuture<'_, Result<Vec<StoredLine>, StoreError>> {
+        let limit = to_i64(limit);
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT call_sid, idx, data FROM transcript_lines WHERE call_sid IN
+                   (SELECT call_sid FROM calls ORDER BY created_at_ns DESC, updated_at_ns DESC LIMIT ?1)
+                 ORDER BY call_sid, idx",
+            )?;
+            let rows = statement.query_map([limit], |r| {
+                Ok(StoredLine {
+                    call_sid: r.get(0)?,
+                    index: r.get::<_, i64>(1)?.try_into().unwrap_or(u32::MAX),
+                    data: r.get(2)?,
+                })
+            })?;
+            rows.collect()
+        })
     }
 
     fn load_calls(&self, limit: usize) -> BoxFuture<'_, Result<Vec<StoredCall>, StoreError>> {

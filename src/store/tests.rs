@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use super::{CallStore, EventStore, SqliteStore, StoreError, StoredCall, StoredEvent};
+use super::{CallStore, EventStore, SqliteStore, StoreError, StoredCall, StoredEvent, StoredLine};
 use crate::config::StoreConfig;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,6 +121,42 @@ async fn calls_upsert_and_load_newest_first() {
     last.created_at = call("CAold", "", 10).created_at;
     assert_eq!(calls[1], last);
     assert_eq!(store.load_calls(1).await.unwrap().len(), 1);
+    store.close().await;
+}
+
+fn line(sid: &str, index: u32) -> StoredLine {
+    StoredLine { call_sid: sid.into(), index, data: format!(r#"{{"text":"line {index}"}}"#) }
+}
+
+#[tokio::test]
+async fn transcript_lines_are_appended_once_and_load_with_their_calls() {
+    let dir = TempDir::new();
+    let store = SqliteStore::open(&dir.config()).unwrap();
+    store.save_call(call("CAold", "{}", 10));
+    store.save_call(call("CAnew", "{}", 20));
+    for i in 0..3 {
+        store.append_line(line("CAold", i));
+    }
+    store.append_line(line("CAnew", 0));
+    // The same line again (a retried save) is not a second line, and does not fail the batch.
+    store.append_line(StoredLine { data: "changed".into(), ..line("CAold", 1) });
+    store.close().await;
+
+    let store = SqliteStore::open(&dir.config()).unwrap();
+    let lines = store.load_lines(10).await.unwrap();
+    let got: Vec<_> = lines.iter().map(|l| (l.call_sid.as_str(), l.index, l.data.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            ("CAnew", 0, r#"{"text":"line 0"}"#),
+            ("CAold", 0, r#"{"text":"line 0"}"#),
+            ("CAold", 1, r#"{"text":"line 1"}"#),
+            ("CAold", 2, r#"{"text":"line 2"}"#),
+        ]
+    );
+    // Only the lines of the calls that are loaded.
+    let newest: Vec<_> = store.load_lines(1).await.unwrap().into_iter().map(|l| l.call_sid).collect();
+    assert_eq!(newest, ["CAnew"]);
     store.close().await;
 }
 

@@ -11,7 +11,7 @@
 //! was lost, so a full disk does not turn every event into a log line.
 
 use super::schema::to_ns;
-use super::{StoredCall, StoredEvent};
+use super::{StoredCall, StoredEvent, StoredLine};
 use rusqlite::{Connection, ErrorCode, params};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
@@ -34,6 +34,7 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 pub(super) enum Op {
     Event(StoredEvent),
     Call(StoredCall),
+    Line(StoredLine),
     /// Answered once everything queued before it is committed; with `retain`, after retention has run.
     Done {
         retain: bool,
@@ -62,6 +63,7 @@ pub(super) struct Writer {
 struct Batch {
     events: Vec<StoredEvent>,
     calls: Vec<StoredCall>,
+    lines: Vec<StoredLine>,
     waiters: Vec<oneshot::Sender<()>>,
     retain: bool,
 }
@@ -71,6 +73,7 @@ impl Batch {
         match op {
             Op::Event(e) => self.events.push(e),
             Op::Call(c) => self.calls.push(c),
+            Op::Line(l) => self.lines.push(l),
             Op::Done { retain, done } => {
                 self.retain |= retain;
                 self.waiters.push(done);
@@ -79,7 +82,7 @@ impl Batch {
     }
 
     fn len(&self) -> usize {
-        self.events.len() + self.calls.len()
+        self.events.len() + self.calls.len() + self.lines.len()
     }
 }
 
@@ -136,7 +139,8 @@ impl Writer {
     }
 }
 
-/// Commits one batch: events inserted, calls upserted, the id high-water mark raised.
+/// Commits one batch: events inserted, calls upserted, transcript lines appended, the id high-water
+/// mark raised.
 fn write(conn: &mut Connection, errors: &mut ErrorLog, batch: &Batch) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
@@ -160,6 +164,14 @@ fn write(conn: &mut Connection, errors: &mut ErrorLog, batch: &Batch) -> rusqlit
         for c in &batch.calls {
             let row = upsert.execute(params![c.call_sid, c.data, to_ns(c.created_at), to_ns(c.updated_at)]);
             skip_bad_row(row, errors, "a call record was not stored")?;
+        }
+        // A line is written once; the same line again (a retried save) changes nothing.
+        let mut line = tx.prepare_cached(
+            "INSERT INTO transcript_lines (call_sid, idx, data) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        )?;
+        for l in &batch.lines {
+            let row = line.execute(params![l.call_sid, l.index, l.data]);
+            skip_bad_row(row, errors, "a transcript line was not stored")?;
         }
     }
     tx.commit()

@@ -15,7 +15,7 @@
 use super::client::ConnectError;
 use super::events::{self, ClientEvent, InputContent, Item, ServerEvent};
 use super::session;
-use crate::calls::{CallEntry, CallError, Speaker, TranscriptLine};
+use crate::calls::{CallEntry, CallError, Speaker};
 use crate::carrier::stream::{self, Inbound, MarkName, Outbound};
 use crate::events::CallEvent;
 use crate::telemetry::relay::{Direction, RelayMeter};
@@ -117,6 +117,10 @@ impl Default for Timing {
         Self { goodbye_grace: Duration::from_secs(10), wrap_up_grace: Duration::from_secs(20) }
     }
 }
+
+/// How much of the conversation so far a resumed voice session is told (the latest lines): enough for
+/// any real call's thread, and within what the model's instructions take.
+pub const RESUME_CONTEXT_BYTES: usize = 16 * 1024;
 
 /// Audio frames kept while the model's socket is not ready (60 s at 50 frames/s).
 const MAX_PENDING_FRAMES: usize = 3_000;
@@ -358,7 +362,7 @@ where
             Ok(Inbound::Mark { mark, .. }) => self.on_mark(&mark.name).await,
             Ok(Inbound::Dtmf { dtmf, .. }) => {
                 tracing::info!(call_sid = %self.entry.call_sid(), digit = %dtmf.digit, "keypad digit");
-                self.entry.modify(|c| c.dtmf.push(dtmf.digit.clone()));
+                self.entry.modify(|c| c.push_dtmf(dtmf.digit.clone()));
                 self.line.publish(CallEvent::Dtmf {
                     call_sid: self.entry.call_sid().to_owned(),
                     digit: dtmf.digit,
@@ -409,7 +413,10 @@ where
                 self.realtime = Some(socket);
                 let call = self.entry.snapshot();
                 let instructions = if self.reconnected {
-                    session::resumed_instructions(&call.request, &call.transcript)
+                    session::resumed_instructions(
+                        &call.request,
+                        &self.entry.transcript_latest_within(RESUME_CONTEXT_BYTES),
+                    )
                 } else {
                     session::instructions(&call.request)
                 };
@@ -445,7 +452,7 @@ where
         tracing::warn!(call_sid = %self.entry.call_sid(), code, message, "call error");
         let error =
             CallError { code: code.to_owned(), message: message.to_owned(), timestamp: OffsetDateTime::now_utc() };
-        self.entry.modify(|c| c.errors.push(error.clone()));
+        self.entry.modify(|c| c.push_error(error.clone()));
         self.line.publish(CallEvent::Error {
             call_sid: self.entry.call_sid().to_owned(),
             error: error.message,
@@ -455,12 +462,7 @@ where
     }
 
     fn transcribe(&self, speaker: Speaker, text: &str) {
-        let text = text.trim();
-        if text.is_empty() {
-            return;
-        }
-        let line = TranscriptLine { speaker, text: text.to_owned(), timestamp: OffsetDateTime::now_utc() };
-        self.entry.modify(|c| c.transcript.push(line.clone()));
+        let Some(line) = self.entry.append_line(speaker, text) else { return };
         self.line.publish(CallEvent::Transcription {
             call_sid: self.entry.call_sid().to_owned(),
             transcription: line.text,

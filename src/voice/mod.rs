@@ -103,7 +103,7 @@ impl Voices {
                     preopen = None;
                     match opened {
                         Ok(mut socket) => {
-                            let update = session::for_call(&entry.snapshot(), &settings, false);
+                            let update = session::for_call(&entry.snapshot(), &settings, None);
                             if let Ok(text) = serde_json::to_string(&update)
                                 && socket.send(text.into()).await.is_ok()
                             {

@@ -62,11 +62,13 @@ pub fn resumed_instructions(request: &CallRequest, transcript: &[TranscriptLine]
     s
 }
 
-/// `session.update` for this call: its instructions (resumed: with the conversation so far), its voice
+/// `session.update` for this call: its instructions (resumed: with `so_far`, the conversation so far), its voice
 /// or the server's, its language.
-pub fn for_call(call: &Call, settings: &SessionSettings, resumed: bool) -> ClientEvent<'static> {
-    let instructions =
-        if resumed { resumed_instructions(&call.request, &call.transcript) } else { instructions(&call.request) };
+pub fn for_call(call: &Call, settings: &SessionSettings, so_far: Option<&[TranscriptLine]>) -> ClientEvent<'static> {
+    let instructions = match so_far {
+        Some(lines) => resumed_instructions(&call.request, lines),
+        None => instructions(&call.request),
+    };
     let voice = call.request.voice.as_deref().unwrap_or(&settings.voice);
     update(instructions, voice, &settings.model, call.request.language.as_deref())
 }

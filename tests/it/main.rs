@@ -16,5 +16,6 @@ mod secrets;
 mod sse;
 mod support;
 mod telemetry;
+mod transcripts;
 mod voice;
 mod webhooks;

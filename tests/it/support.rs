@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use voice_call_mcp::auth::{self, Claims};
-use voice_call_mcp::calls::{Call, CallStatus};
+use voice_call_mcp::calls::{Call, CallStatus, TranscriptLine};
 use voice_call_mcp::sandbox::realtime::{RealtimeSimConfig, RealtimeSimEvent, RealtimeSimulator};
 use voice_call_mcp::sandbox::twilio::{SimRequest, SimulatorConfig, TwilioSimulator};
 use voice_call_mcp::voice::bridge::Timing;
@@ -196,6 +196,28 @@ impl TestServer {
         .unwrap_or_else(|_| panic!("call {sid} never got there; it is {:?}", entry.snapshot()))
     }
 
+    /// Waits (on the call's own change signal) until the call's whole transcript satisfies `want`.
+    pub async fn until_transcript(&self, sid: &str, want: impl Fn(&[TranscriptLine]) -> bool) -> Vec<TranscriptLine> {
+        let entry = self.state.calls.entry(sid).expect("call is registered");
+        let mut changes = entry.subscribe();
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let lines = entry.transcript_since(0, usize::MAX);
+                if want(&lines) {
+                    return lines;
+                }
+                changes.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("call {sid}'s transcript never got there: {:?}", entry.transcript_since(0, 100)))
+    }
+
+    /// The call's whole transcript now.
+    pub fn transcript(&self, sid: &str) -> Vec<TranscriptLine> {
+        self.state.calls.entry(sid).expect("call is registered").transcript_since(0, usize::MAX)
+    }
+
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -225,6 +247,33 @@ pub fn mint(base: &str, sub: &str, scope: &str, calls: Option<Vec<String>>, ttl:
     let now = base_claims.iat.unwrap_or_default();
     let claims = Claims { sub: sub.into(), exp: now + ttl, calls, ..base_claims };
     auth::mint(JWT_SECRET, "HS256", &claims).unwrap()
+}
+
+/// A database file of the test's own, for tests that restart a server on the same history; the
+/// directory is removed when this is dropped.
+pub struct TempDatabase {
+    dir: std::path::PathBuf,
+    pub url: String,
+}
+
+impl TempDatabase {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("vcm-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let url = format!("sqlite://{}/calls.db", dir.display());
+        Self { dir, url }
+    }
+
+    /// A configuration using this database.
+    pub fn raw(&self) -> RawConfig {
+        RawConfig { database_url: Some(self.url.clone()), ..RawConfig::default() }
+    }
+}
+
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Claims of a token for the test server at `base` (subject `assistant`, ten minutes, every call),

@@ -22,8 +22,8 @@ async fn place(_server: &TestServer, client: &Client, args: serde_json::Value) -
     ok(&placed)["callSid"].as_str().unwrap().to_owned()
 }
 
-fn lines(call: &voice_call_mcp::calls::Call) -> Vec<(Speaker, String)> {
-    call.transcript.iter().map(|l| (l.speaker, l.text.clone())).collect()
+fn lines(server: &TestServer, call: &voice_call_mcp::calls::Call) -> Vec<(Speaker, String)> {
+    server.transcript(&call.call_sid).into_iter().map(|l| (l.speaker, l.text)).collect()
 }
 
 #[tokio::test]
@@ -70,7 +70,7 @@ async fn a_call_holds_a_conversation_and_the_model_hangs_up_after_its_goodbye_ha
     assert_eq!(done["status"], "completed");
     let call = server.state.calls.get(&sid).unwrap();
     assert_eq!(
-        lines(&call),
+        lines(&server, &call),
         [
             (Speaker::Ai, "Hello, this is Ava calling about your opening hours.".into()),
             (Speaker::Human, "Hi, yes, we are open on Sunday.".into()),
@@ -119,7 +119,7 @@ async fn barge_in_clears_twilio_and_truncates_the_ai_at_what_was_actually_played
     assert!(audio_end_ms < sent_ms, "more was sent ({sent_ms} ms) than played");
 
     let call = server.until_call(&sid, |c| c.status.is_terminal()).await;
-    assert!(lines(&call).contains(&(Speaker::Human, "Sorry to interrupt, who is this?".into())));
+    assert!(lines(&server, &call).contains(&(Speaker::Human, "Sorry to interrupt, who is this?".into())));
     client.cancel().await.unwrap();
     server.stop().await;
 }
@@ -141,8 +141,8 @@ async fn instruct_call_reaches_the_live_session() {
         call_tool(&client, "instruct-call", json!({"callSid": sid, "instruction": "Ask whether there is parking."}))
             .await;
     assert_eq!(ok(&steered)["delivered"], true);
-    let call = server.until_call(&sid, |c| c.transcript.iter().any(|l| l.text.contains("parking"))).await;
-    let said = call.transcript.iter().find(|l| l.text.contains("parking")).unwrap();
+    let transcript = server.until_transcript(&sid, |t| t.iter().any(|l| l.text.contains("parking"))).await;
+    let said = transcript.iter().find(|l| l.text.contains("parking")).unwrap();
     assert_eq!(said.speaker, Speaker::Ai);
     ok(&call_tool(&client, "end-call", json!({"callSid": sid})).await);
     client.cancel().await.unwrap();
@@ -169,7 +169,7 @@ async fn the_time_limit_ends_a_call_politely() {
     let call = server.until_call(&sid, |c| c.status.is_terminal()).await;
     assert_eq!(call.status, CallStatus::Completed);
     // It said goodbye, and the goodbye was the last thing said: the hang-up came after it had played.
-    assert_eq!(lines(&call).last().unwrap(), &(Speaker::Ai, "Goodbye, and thank you!".to_owned()));
+    assert_eq!(lines(&server, &call).last().unwrap(), &(Speaker::Ai, "Goodbye, and thank you!".to_owned()));
     client.cancel().await.unwrap();
     server.stop().await;
 }
@@ -195,7 +195,7 @@ async fn a_realtime_error_is_recorded_on_the_call_which_goes_on() {
     .await
     .expect("an error event was published");
     assert!(error.data.contains("\"code\":\"simulated_error\""), "{}", error.data);
-    assert_eq!(lines(&call).last().unwrap(), &(Speaker::Ai, "Goodbye, and thank you!".to_owned()));
+    assert_eq!(lines(&server, &call).last().unwrap(), &(Speaker::Ai, "Goodbye, and thank you!".to_owned()));
     client.cancel().await.unwrap();
     server.stop().await;
 }
@@ -215,7 +215,7 @@ async fn a_dropped_realtime_socket_reconnects_once_with_the_conversation_so_far(
         .await;
     assert!(resumed.contains("Conversation so far:") && resumed.contains("drop please"), "{resumed}");
     let call = server.until_call(&sid, |c| c.status.is_terminal()).await;
-    assert!(lines(&call).iter().any(|(s, t)| *s == Speaker::Ai && t.starts_with("Sorry, we were cut off")));
+    assert!(lines(&server, &call).iter().any(|(s, t)| *s == Speaker::Ai && t.starts_with("Sorry, we were cut off")));
     assert!(call.errors.iter().any(|e| e.code == "voice_reconnecting"));
     client.cancel().await.unwrap();
     server.stop().await;
@@ -326,7 +326,7 @@ async fn a_malformed_or_forged_stream_is_closed_and_a_concurrent_call_is_untouch
     // Meanwhile the good call went on to its natural end, transcript complete and error-free.
     let call = server.until_call(&good, |c| c.status.is_terminal()).await;
     assert_eq!(call.status, CallStatus::Completed);
-    assert_eq!(lines(&call).len(), 5, "{:?}", lines(&call));
+    assert_eq!(lines(&server, &call).len(), 5, "{:?}", lines(&server, &call));
     assert!(call.errors.is_empty());
     client.cancel().await.unwrap();
     server.stop().await;
