@@ -2,9 +2,10 @@
 //!
 //! The handshake must carry a valid `X-Twilio-Signature` (over our public `wss://…/twilio/media` URL, no
 //! params), else 403 before any upgrade. After the upgrade, Twilio's `start` must name a call we placed
-//! and carry that call's secret token (from our TwiML's `<Parameter>`). Anything else — an unknown call,
-//! a wrong token, a malformed frame, a second stream for the same call — closes this one socket with a
-//! logged reason; no other call is touched. A good stream is handed to the call's voice task.
+//! and carry that call's secret token (from our TwiML's `<Parameter>`). Anything else before that — an
+//! unknown call, a wrong token, a malformed frame, a second stream for the same call — closes this one
+//! socket with a logged reason; no other call is touched. A good stream is handed to the call's voice
+//! task, which skips a malformed frame rather than end the call over it.
 
 use super::signature;
 use super::stream::{self, Inbound};
@@ -23,7 +24,10 @@ use subtle::ConstantTimeEq;
 
 /// Twilio sends `connected` and `start` at once; a socket that does not is not Twilio.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_FRAME: usize = 64 * 1024;
+/// The largest WebSocket message read from a media stream. Twilio's are under a few KiB; anything
+/// larger is read and skipped by the bridge as malformed (one bad frame never ends a call), up to this
+/// bound, past which the socket itself fails and the call is ended politely.
+const MAX_FRAME: usize = 2 * 1024 * 1024;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -41,6 +45,7 @@ async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebSocke
     ws.read_buffer_size(TWILIO_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
         .max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
         .on_upgrade(move |socket| accept(state, socket))
 }
 

@@ -272,14 +272,26 @@ async fn a_media_handshake_with_a_bad_signature_is_refused() {
 }
 
 #[tokio::test]
-async fn a_malformed_or_forged_stream_is_closed_and_a_concurrent_call_is_untouched() {
+async fn a_forged_stream_is_refused_a_glitch_is_skipped_a_garbled_stream_ends_politely_and_other_calls_go_on() {
     let server = TestServer::with(voice_setup()).await;
     let client = server.client(Era::Stateless).await;
     // A real call, holding its conversation through the simulators.
     let good = place(&server, &client, json!({"toNumber": "+14155550123", "callContext": "x"})).await;
     // A second call whose phone answers but never streams: we play its Twilio side ourselves.
-    let ours = place(&server, &client, json!({"toNumber": "+14155550009", "callContext": "x"})).await;
+    let ours = place(&server, &client, json!({"toNumber": "+14155550009", "callContext": "our own stream"})).await;
     server.until_status(&ours, |s| s == CallStatus::InProgress).await;
+    // Our call's voice session, told apart from the good call's by its brief.
+    let connection = server
+        .rt_until(|e| match e {
+            RealtimeSimEvent::Received { connection, event }
+                if event["type"] == "session.update"
+                    && event["session"]["instructions"].as_str().is_some_and(|i| i.contains("our own stream")) =>
+            {
+                Some(connection)
+            }
+            _ => None,
+        })
+        .await;
     let url = format!("{}/twilio/media", server.base.replace("http://", "ws://"));
     let signed = signature::compute(AUTH_TOKEN, &url, &[]);
     let token = server.state.calls.entry(&ours).unwrap().stream_token().to_owned();
@@ -301,16 +313,65 @@ async fn a_malformed_or_forged_stream_is_closed_and_a_concurrent_call_is_untouch
         assert!(closed_with_policy(socket.next().await), "{forged} was refused");
     }
 
-    // The right token is accepted; then a malformed frame mid-call closes this stream alone.
+    // The right token is accepted.
     let mut socket = media_socket(&server, &signed).await.unwrap();
     socket.send(Message::text(start(&ours, &token))).await.unwrap();
     server
         .rt_until(|e| match e {
-            RealtimeSimEvent::Received { event, .. } if event["type"] == "response.create" => Some(()),
+            RealtimeSimEvent::Received { connection: c, event }
+                if c == connection && event["type"] == "response.create" =>
+            {
+                Some(())
+            }
             _ => None,
         })
         .await;
-    socket.send(Message::text(r#"{"event":"media","media":{"payload":"#)).await.unwrap();
+    // Malformed frames mid-call (cut-off JSON, 1 MiB of text, `media: null`, an array, audio that is not
+    // base64) are skipped: the audio after them still reaches the model, and none of them does.
+    let media = |payload: &str| {
+        json!({"event": "media", "sequenceNumber": "3", "streamSid": "MZ1",
+               "media": {"track": "inbound", "chunk": "1", "timestamp": "5", "payload": payload}})
+        .to_string()
+    };
+    let glitches = [
+        r#"{"event":"media","media":{"payload":"#.to_owned(),
+        format!(r#"{{"event":"media","media":{{"payload":"{}"}}}}"#, "A".repeat(1024 * 1024)),
+        r#"{"event":"media","streamSid":"MZ1","media":null}"#.to_owned(),
+        r#"[{"event":"media"}]"#.to_owned(),
+        media("this is not base64!"),
+    ];
+    for glitch in glitches {
+        socket.send(Message::text(glitch)).await.unwrap();
+    }
+    let silence = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode([0xFFu8; 160])
+    };
+    for _ in 0..60 {
+        socket.send(Message::text(media(&silence))).await.unwrap();
+    }
+    server
+        .rt_until(|e| match e {
+            RealtimeSimEvent::Invalid { connection: c, reason } if c == connection => {
+                panic!("a malformed frame reached the model: {reason}")
+            }
+            RealtimeSimEvent::AudioReceived { connection: c, total_ms } if c == connection && total_ms >= 1000 => {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    let call = server.state.calls.get(&ours).unwrap();
+    assert_eq!(call.status, CallStatus::InProgress, "the call goes on");
+    let codes: Vec<_> = call.errors.iter().map(|e| e.code.as_str()).collect();
+    assert_eq!(codes, ["malformed_media_frame"], "noted once, with its kind: {:?}", call.errors);
+
+    // A stream that keeps sending garbage is closed, and the callee hears an apology before the hang-up.
+    for n in 0..60 {
+        if socket.send(Message::text(format!("garbage {n}"))).await.is_err() {
+            break;
+        }
+    }
     let closed = tokio::time::timeout(WAIT, async {
         while let Some(Ok(msg)) = socket.next().await {
             if msg.is_close() {
@@ -319,9 +380,16 @@ async fn a_malformed_or_forged_stream_is_closed_and_a_concurrent_call_is_untouch
         }
     })
     .await;
-    assert!(closed.is_ok(), "the malformed stream was closed");
-    let broken = server.until_call(&ours, |c| !c.errors.is_empty()).await;
-    assert_eq!(broken.errors[0].code, "malformed_media_frame");
+    assert!(closed.is_ok(), "the garbled stream was closed");
+    let apology = server
+        .sim_until(|r| match r {
+            SimRequest::Redirected { call_sid, twiml } if call_sid == ours => Some(twiml),
+            _ => None,
+        })
+        .await;
+    assert!(apology.contains("<Say") && apology.contains("<Hangup"), "{apology}");
+    let ended = server.until_call(&ours, |c| c.status.is_terminal()).await;
+    assert!(ended.errors.iter().any(|e| e.code == "media_stream_garbled"), "{:?}", ended.errors);
 
     // Meanwhile the good call went on to its natural end, transcript complete and error-free.
     let call = server.until_call(&good, |c| c.status.is_terminal()).await;

@@ -12,6 +12,10 @@
 //! The bridge is generic over the two sockets (anything that is a `Stream` + `Sink` of WebSocket
 //! messages), so tests can drive it with channels as well as real sockets.
 
+mod frames;
+#[cfg(test)]
+mod tests;
+
 use super::client::ConnectError;
 use super::events::{self, ClientEvent, InputContent, Item, ServerEvent};
 use super::session;
@@ -19,6 +23,7 @@ use crate::calls::{CallEntry, CallError, Speaker};
 use crate::carrier::stream::{self, Inbound, MarkName, Outbound};
 use crate::events::CallEvent;
 use crate::telemetry::relay::{Direction, RelayMeter};
+use frames::{MAX_TWILIO_FRAME_TEXT, Malformed, MalformedFrames, is_base64};
 use futures::future::BoxFuture;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use std::collections::VecDeque;
@@ -122,6 +127,12 @@ impl Default for Timing {
 /// any real call's thread, and within what the model's instructions take.
 pub const RESUME_CONTEXT_BYTES: usize = 16 * 1024;
 
+/// Malformed frames in a row after which a stream is taken to be broken, not merely glitching: a
+/// second of frames. One bad frame is skipped; a stream of them is closed and the call hung up politely.
+const MALFORMED_IN_A_ROW: u32 = 50;
+/// Malformed frames over a whole call after which the stream is closed, however they are spread.
+const MALFORMED_PER_CALL: u32 = 500;
+
 /// Audio frames kept while the model's socket is not ready (60 s at 50 frames/s).
 const MAX_PENDING_FRAMES: usize = 3_000;
 
@@ -158,6 +169,8 @@ struct Bridge<'a, T, R, L> {
     hang_up_when_played: bool,
     hang_up_deadline: Option<Instant>,
     handled_calls: Vec<String>,
+    /// Frames from Twilio that were not its protocol: skipped, counted, logged once per call.
+    malformed: MalformedFrames,
     out: String,
     /// Frames and relay latencies, flushed to the shared metrics about once a second.
     meter: RelayMeter,
@@ -216,6 +229,7 @@ pub async fn run<T, R, L>(
         hang_up_when_played: false,
         hang_up_deadline: None,
         handled_calls: Vec::new(),
+        malformed: MalformedFrames::default(),
         out: String::with_capacity(512),
         meter: RelayMeter::default(),
         realtime,
@@ -265,6 +279,9 @@ pub async fn run<T, R, L>(
         }
     }
     b.meter.flush(crate::telemetry::metrics());
+    if b.malformed.total > 0 {
+        tracing::warn!(call_sid = %entry.call_sid(), skipped = b.malformed.total, "malformed media frames were skipped on this call");
+    }
     if let Some(rt) = b.realtime.as_mut() {
         let _ = rt.close().await;
     }
@@ -338,7 +355,10 @@ where
         let msg = match frame {
             Some(Ok(m)) => m,
             Some(Err(e)) => {
-                tracing::info!(call_sid = %self.entry.call_sid(), error = %e, "twilio media socket failed");
+                // The socket itself broke (a frame past the WebSocket limit, a protocol violation): no
+                // audio can flow any more, so the callee is told and the call ended, never left silent.
+                self.record_error("media_stream_failed", &format!("the media stream failed ({e}); ending the call"));
+                self.line.apologise_and_hang_up().await;
                 return Flow::End;
             }
             None => return Flow::End,
@@ -347,8 +367,15 @@ where
             return Flow::End;
         }
         let Some(text) = msg.as_text() else { return Flow::Continue };
+        if text.len() > MAX_TWILIO_FRAME_TEXT {
+            return self.on_malformed(Malformed::Oversized).await;
+        }
         match stream::parse_inbound(text) {
+            Ok(Inbound::Media { media, .. }) if !is_base64(&media.payload) => {
+                self.on_malformed(Malformed::BadAudio).await
+            }
             Ok(Inbound::Media { media, .. }) => {
+                self.malformed.in_a_row = 0;
                 if self.realtime.is_some() && self.pending_audio.is_empty() {
                     events::write_append(&mut self.out, &media.payload);
                     let text = std::mem::replace(&mut self.out, String::with_capacity(512));
@@ -359,7 +386,10 @@ where
                 }
                 Flow::Continue
             }
-            Ok(Inbound::Mark { mark, .. }) => self.on_mark(&mark.name).await,
+            Ok(Inbound::Mark { mark, .. }) => {
+                self.malformed.in_a_row = 0;
+                self.on_mark(&mark.name).await
+            }
             Ok(Inbound::Dtmf { dtmf, .. }) => {
                 tracing::info!(call_sid = %self.entry.call_sid(), digit = %dtmf.digit, "keypad digit");
                 self.entry.modify(|c| c.push_dtmf(dtmf.digit.clone()));
@@ -372,15 +402,37 @@ where
             }
             Ok(Inbound::Stop { .. }) => Flow::End,
             Ok(Inbound::Connected { .. } | Inbound::Start { .. } | Inbound::Unknown) => Flow::Continue,
-            Err(e) => {
-                // Not Twilio speaking: close this stream (Twilio then ends the call); no other call is touched.
-                self.record_error(
-                    "malformed_media_frame",
-                    &format!("the media stream sent a frame that is not Twilio's protocol ({e}); closing it"),
-                );
-                Flow::End
-            }
+            Err(e) => self.on_malformed(Malformed::of(&e)).await,
         }
+    }
+
+    /// A frame that is not Twilio's protocol, from a stream that passed the handshake and the call's
+    /// token: skipped and counted (the call's record and log say so once, with its kind). Only a stream
+    /// that keeps sending them is closed, and then the callee hears an apology and the call ends.
+    async fn on_malformed(&mut self, kind: Malformed) -> Flow {
+        let m = &mut self.malformed;
+        m.total += 1;
+        m.in_a_row += 1;
+        if m.total == 1 {
+            self.record_error(
+                "malformed_media_frame",
+                &format!("the media stream sent a frame that is not Twilio's protocol ({}); skipped", kind.as_str()),
+            );
+        }
+        let m = &self.malformed;
+        if m.in_a_row < MALFORMED_IN_A_ROW && m.total < MALFORMED_PER_CALL {
+            return Flow::Continue;
+        }
+        let (total, in_a_row) = (m.total, m.in_a_row);
+        self.record_error(
+            "media_stream_garbled",
+            &format!(
+                "the media stream sent {total} malformed frames ({in_a_row} in a row, the last {}); closing it and ending the call",
+                kind.as_str()
+            ),
+        );
+        self.line.apologise_and_hang_up().await;
+        Flow::End
     }
 
     async fn on_mark(&mut self, name: &str) -> Flow {
@@ -667,195 +719,5 @@ where
         }
         self.instruct(why).await;
         Flow::Continue
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use crate::calls::{Call, CallRegistry, CallStatus};
-    use futures::channel::mpsc as chan;
-    use std::pin::Pin;
-    use std::sync::Mutex;
-    use std::task::{Context, Poll};
-    use tokio_tungstenite::tungstenite::Message;
-
-    /// One end of an in-memory WebSocket: what the bridge writes comes out of `sent`.
-    struct Duplex {
-        rx: chan::UnboundedReceiver<Result<Message, std::convert::Infallible>>,
-        tx: chan::UnboundedSender<Message>,
-    }
-
-    impl Stream for Duplex {
-        type Item = Result<Message, std::convert::Infallible>;
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            Pin::new(&mut self.rx).poll_next(cx)
-        }
-    }
-
-    impl Sink<Message> for Duplex {
-        type Error = chan::SendError;
-        fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Pin::new(&mut self.tx).poll_ready(cx)
-        }
-        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
-            Pin::new(&mut self.tx).start_send(item)
-        }
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Pin::new(&mut self.tx).poll_flush(cx)
-        }
-        fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Pin::new(&mut self.tx).poll_close(cx)
-        }
-    }
-
-    /// The far side of a `Duplex`: feed it messages, read what the bridge sent.
-    struct Peer {
-        feed: chan::UnboundedSender<Result<Message, std::convert::Infallible>>,
-        sent: chan::UnboundedReceiver<Message>,
-    }
-
-    impl Peer {
-        fn say(&self, v: serde_json::Value) {
-            self.feed.unbounded_send(Ok(Message::text(v.to_string()))).unwrap();
-        }
-        async fn heard(&mut self) -> serde_json::Value {
-            let msg = tokio::time::timeout(Duration::from_secs(5), self.sent.next()).await.unwrap().unwrap();
-            serde_json::from_str(msg.to_text().unwrap()).unwrap()
-        }
-    }
-
-    fn duplex() -> (Duplex, Peer) {
-        let (feed, rx) = chan::unbounded();
-        let (tx, sent) = chan::unbounded();
-        (Duplex { rx, tx }, Peer { feed, sent })
-    }
-
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<&'static str>>);
-    impl Line for Arc<Recorder> {
-        fn publish(&self, _event: CallEvent) {}
-        fn hang_up(&self) -> BoxFuture<'_, ()> {
-            self.0.lock().unwrap().push("hang_up");
-            Box::pin(async {})
-        }
-        fn apologise_and_hang_up(&self) -> BoxFuture<'_, ()> {
-            self.0.lock().unwrap().push("apologise");
-            Box::pin(async {})
-        }
-    }
-
-    fn entry() -> Arc<CallEntry> {
-        let registry = CallRegistry::new(1);
-        let call = Call::new("CA1".into(), crate::calls::test_request(), CallStatus::InProgress, false);
-        registry.insert(registry.reserve().unwrap(), call, "token".into()).0
-    }
-
-    /// 200 ms of µ-law (1600 bytes) as base64.
-    fn audio_200ms() -> String {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode([0x55u8; 1600])
-    }
-
-    fn start(entry: Arc<CallEntry>, line: Arc<Recorder>) -> (Peer, Peer, tokio::task::JoinHandle<()>) {
-        let (twilio, twilio_peer) = duplex();
-        let (realtime, realtime_peer) = duplex();
-        let connect: Box<dyn Fn() -> BoxFuture<'static, Result<Duplex, ConnectError>> + Send + Sync> =
-            Box::new(|| Box::pin(async { Err(ConnectError::Refused(503)) }));
-        let (_commands_tx, commands) = mpsc::channel(1);
-        let settings = SessionSettings { voice: "marin".into(), model: "gpt-realtime".into() };
-        let task = tokio::spawn(async move {
-            let _keep = _commands_tx;
-            run(
-                entry,
-                line,
-                TwilioLink { socket: twilio, stream_sid: "MZ1".into() },
-                Some(realtime),
-                connect,
-                settings,
-                Timing::default(),
-                commands,
-                CancellationToken::new(),
-            )
-            .await
-        });
-        (twilio_peer, realtime_peer, task)
-    }
-
-    #[tokio::test]
-    async fn barge_in_truncates_at_the_audio_twilio_confirmed_played() {
-        let line = Arc::new(Recorder::default());
-        let (mut twilio, mut realtime, _task) = start(entry(), line.clone());
-        assert_eq!(realtime.heard().await["type"], "response.create", "the AI speaks first");
-        for _ in 0..3 {
-            realtime.say(serde_json::json!({"type": "response.output_audio.delta", "response_id": "r1",
-                "item_id": "i1", "output_index": 0, "content_index": 0, "delta": audio_200ms()}));
-        }
-        let mut marks = Vec::new();
-        for _ in 0..3 {
-            let media = twilio.heard().await;
-            assert_eq!(media["event"], "media");
-            assert_eq!(media["media"]["payload"], audio_200ms().as_str(), "the audio passes through untouched");
-            let mark = twilio.heard().await;
-            assert_eq!(mark["event"], "mark");
-            marks.push(mark["mark"]["name"].as_str().unwrap().to_owned());
-        }
-        // Twilio has played the first 200 ms only, then the callee starts talking.
-        twilio.say(
-            serde_json::json!({"event": "mark", "streamSid": "MZ1", "sequenceNumber": "9", "mark": {"name": marks[0]}}),
-        );
-        realtime.say(
-            serde_json::json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": 900, "item_id": "u1"}),
-        );
-        assert_eq!(twilio.heard().await, serde_json::json!({"event": "clear", "streamSid": "MZ1"}));
-        let truncate = realtime.heard().await;
-        assert_eq!(
-            truncate,
-            serde_json::json!({"type": "conversation.item.truncate", "item_id": "i1", "content_index": 0, "audio_end_ms": 200})
-        );
-        // The marks Twilio echoes for the cleared audio are not counted as played.
-        for m in &marks[1..] {
-            twilio.say(serde_json::json!({"event": "mark", "streamSid": "MZ1", "mark": {"name": m}}));
-        }
-        realtime.say(
-            serde_json::json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": 2000, "item_id": "u2"}),
-        );
-        realtime
-            .say(serde_json::json!({"type": "response.output_audio.delta", "item_id": "i2", "delta": audio_200ms()}));
-        assert_eq!(twilio.heard().await["event"], "media", "no second clear or truncate: nothing was pending");
-        assert!(line.0.lock().unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn end_call_hangs_up_only_after_the_goodbye_has_played() {
-        let line = Arc::new(Recorder::default());
-        let (mut twilio, mut realtime, task) = start(entry(), line.clone());
-        assert_eq!(realtime.heard().await["type"], "response.create");
-        realtime
-            .say(serde_json::json!({"type": "response.created", "response": {"id": "r1", "status": "in_progress"}}));
-        realtime
-            .say(serde_json::json!({"type": "response.output_audio.delta", "item_id": "i1", "delta": audio_200ms()}));
-        realtime.say(serde_json::json!({"type": "response.function_call_arguments.done", "call_id": "c1", "name": "end_call", "arguments": "{}"}));
-        realtime.say(serde_json::json!({"type": "response.done", "response": {"id": "r1", "status": "completed"}}));
-        assert_eq!(twilio.heard().await["event"], "media");
-        let mark = twilio.heard().await["mark"]["name"].as_str().unwrap().to_owned();
-        let output = realtime.heard().await;
-        assert_eq!(output["item"]["type"], "function_call_output");
-        assert_eq!(output["item"]["call_id"], "c1");
-        assert!(line.0.lock().unwrap().is_empty(), "not while the goodbye is still playing");
-        twilio.say(serde_json::json!({"event": "mark", "streamSid": "MZ1", "mark": {"name": mark}}));
-        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
-        assert_eq!(*line.0.lock().unwrap(), ["hang_up"]);
-    }
-
-    #[test]
-    fn base64_length_gives_audio_bytes_without_decoding() {
-        assert_eq!(decoded_len("AAAA"), 3);
-        assert_eq!(decoded_len("AAA="), 2);
-        assert_eq!(decoded_len("AA=="), 1);
-        assert_eq!(decoded_len(""), 0);
-        // 160 bytes of µ-law, one 20 ms frame, is 216 base64 characters ending in "==".
-        assert_eq!(decoded_len(&format!("{}AA==", "A".repeat(212))), 160);
     }
 }
