@@ -292,6 +292,12 @@ pub async fn serve(
             state.events.close();
         }
     };
+    // Calls the last run left unfinished: asked after now that Twilio's callbacks can reach us.
+    state.tasks.spawn(crate::recovery::reconcile_all(
+        state.switchboard.clone(),
+        crate::recovery::Backoff::default(),
+        token.clone(),
+    ));
     // Buckets of clients not seen for a while are forgotten, so the limiters' memory stays bounded.
     state.tasks.spawn({
         let (limits, switchboard, token) = (state.limits.clone(), state.switchboard.clone(), token.clone());

@@ -10,6 +10,7 @@
 //!   Knows nothing of HTTP or vendors.
 //! - [`switchboard`]: places and ends calls; the one path from a request to a dial, and the one place
 //!   status observations are applied.
+//! - [`recovery`]: on start, calls a previous run left unfinished are asked after and ended or updated.
 //! - [`carrier`]: Twilio — REST client, TwiML, webhook signature, webhook routes, the Media Streams
 //!   protocol and its WebSocket route.
 //! - [`voice`]: OpenAI Realtime — GA event types, session configuration, the client, and the bridge that
@@ -46,6 +47,7 @@ pub mod edge;
 pub mod events;
 pub mod listener;
 pub mod mcp;
+pub mod recovery;
 pub mod runtime;
 pub mod sandbox;
 pub mod store;

@@ -228,6 +228,11 @@ impl Switchboard {
         Ok(entry.snapshot())
     }
 
+    /// The call as the carrier knows it now; `None` when the carrier has no such call.
+    pub async fn fetch(&self, call_sid: &str) -> Result<Option<rest::CallResource>, rest::Error> {
+        self.twilio.fetch_call(call_sid).await
+    }
+
     /// Says an apology over the phone (Twilio's own speech, no voice model) and hangs up.
     pub async fn apologise_and_end(&self, call_sid: &str) -> Result<(), EndError> {
         let entry = self.calls.entry(call_sid).ok_or_else(|| EndError::Unknown(call_sid.to_owned()))?;

@@ -373,6 +373,18 @@ impl CallRegistry {
         self.max_concurrent - self.slots.available_permits()
     }
 
+    /// Calls restored from a previous run that had not ended there: they have no media token, so
+    /// nothing here can carry their voice (see `recovery`).
+    pub fn restored_unfinished(&self) -> Vec<Arc<CallEntry>> {
+        let inner = read(&self.inner);
+        inner
+            .calls
+            .values()
+            .filter(|e| e.stream_token.is_empty() && !e.snapshot().status.is_terminal())
+            .cloned()
+            .collect()
+    }
+
     /// Calls that have not ended, newest first.
     pub fn active(&self) -> Vec<Call> {
         self.list(None, usize::MAX).into_iter().filter(|c| !c.status.is_terminal()).collect()

@@ -1,4 +1,4 @@
-//! Twilio's REST API, the two calls we make: place a call and hang it up.
+//! Twilio's REST API, the calls we make: place a call, fetch it, change its TwiML, hang it up.
 //!
 //! Bodies are form-encoded as Twilio expects; both of Twilio's error shapes (the classic
 //! `{code, message, more_info, status}` and RFC 9457 `{type, title, status, code, detail}`) become one
@@ -145,13 +145,25 @@ impl TwilioClient {
         }
     }
 
+    /// The call as Twilio knows it now; `None` when Twilio has no such call (error 20404).
+    pub async fn fetch_call(&self, call_sid: &str) -> Result<Option<CallResource>, Error> {
+        let url = format!("{}/{call_sid}.json", self.calls_url);
+        let request = self.http.get(&url);
+        match self.send(request).await {
+            Ok(call) => Ok(Some(call)),
+            Err(Error::Api { code: 20404, .. } | Error::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn post(&self, url: &str, form: &[(&str, String)]) -> Result<CallResource, Error> {
-        let response = self
-            .http
-            .post(url)
+        self.send(self.http.post(url).form(form)).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<CallResource, Error> {
+        let response = request
             .basic_auth(&self.user, Some(&self.password))
             .header(reqwest::header::ACCEPT, "application/json")
-            .form(form)
             .send()
             .await
             // reqwest's message names the URL (account SID, no secrets): fine to show.

@@ -11,6 +11,7 @@
 //! | `0001`       | initiated#0, busy#2, busy#2, ringing#1                                  |
 //! | `0002`       | initiated#0, no-answer#2, no-answer#2, ringing#1                        |
 //! | `0003`       | initiated#0, failed#1, failed#1                                         |
+//! | `0010`       | initiated#0, ringing#1 — then rings for the call's `Timeout` — no-answer#2, no-answer#2 |
 //! | other        | initiated#0, in-progress#2, ringing#1, [AMD], completed#3, completed#3, [recording] |
 //!
 //! Steps are `step_delay` apart; an answered call lasts `talk_time` or until hung up over REST (or
@@ -157,6 +158,10 @@ pub enum SimRequest {
         sequence: Option<u32>,
         http_status: u16,
     },
+    /// `GET …/Calls/{sid}.json` answered with the call resource.
+    Fetched {
+        call_sid: String,
+    },
     /// A REST update that replaced the call's TwiML (`Twiml=`); the call then completes.
     Redirected {
         call_sid: String,
@@ -245,6 +250,8 @@ struct Plan {
     to: String,
     /// `busy`, `no-answer` or `failed` when the `To` number scripts one; `None` answers.
     ending: Option<&'static str>,
+    /// Rings this long before the ending (the call's `Timeout`), for a number that rings out.
+    rings_for: Option<Duration>,
     status_callback: Option<String>,
     events: HashSet<String>,
     machine_detection: bool,
@@ -295,7 +302,7 @@ impl TwilioSimulator {
         });
         let app = Router::new()
             .route("/2010-04-01/Accounts/{account}/Calls.json", post(create_call))
-            .route("/2010-04-01/Accounts/{account}/Calls/{file}", post(update_call))
+            .route("/2010-04-01/Accounts/{account}/Calls/{file}", post(update_call).get(fetch_call))
             .fallback(unknown)
             .with_state(Arc::clone(&shared));
         let stop = shared.cancel.clone().cancelled_owned();
@@ -415,6 +422,25 @@ async fn update_call(
         return sim.reject(path, StatusCode::NOT_FOUND, 20404, format!("The requested resource {path} was not found"));
     };
     sim.record(SimRequest::Hangup { call_sid: sid.to_owned(), status: wanted.to_owned() });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// `GET …/Calls/{sid}.json`: the call resource as it is now, or 20404.
+async fn fetch_call(
+    State(sim): State<Arc<Shared>>,
+    Path((account, file)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let path = uri.path();
+    if sim.authenticate(&headers, &account).is_none() {
+        return sim.reject(path, StatusCode::UNAUTHORIZED, 20003, "Authenticate".into());
+    }
+    let sid = file.strip_suffix(".json").unwrap_or_default();
+    let Some(body) = sim.lock().get(sid).map(|call| sim.call_json(sid, call)) else {
+        return sim.reject(path, StatusCode::NOT_FOUND, 20404, format!("The requested resource {path} was not found"));
+    };
+    sim.record(SimRequest::Fetched { call_sid: sid.to_owned() });
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
@@ -556,6 +582,11 @@ impl Script {
         // The out-of-order quirk: `ringing` is fired (numbered) now but delivered after the next callback.
         self.held = self.fire("ringing", Vec::new()).map(|(seq, params)| ("ringing", seq, params));
         self.pause(step).await?;
+        if let Some(ringing) = self.plan.rings_for {
+            // Rings out like a real phone nobody picks up: `ringing` arrives now, in order.
+            self.flush().await;
+            self.pause(Some(ringing)).await?;
+        }
         if let Some(ending) = self.plan.ending {
             return Err(Stop::Natural(ending));
         }
@@ -673,8 +704,11 @@ impl Plan {
             Some("0001") => Some("busy"),
             Some("0002") => Some("no-answer"),
             Some("0003") => Some("failed"),
+            Some("0010") => Some("no-answer"),
             _ => None,
         };
+        let timeout = field(form, "Timeout").and_then(|t| t.parse().ok()).unwrap_or(60);
+        let rings_for = to.ends_with("0010").then(|| Duration::from_secs(timeout));
         // Repeated once per value by the SDKs; some clients send them space-separated in one value.
         let events = form
             .iter()
@@ -689,6 +723,7 @@ impl Plan {
             from: from.to_owned(),
             to: to.to_owned(),
             ending,
+            rings_for,
             status_callback: field(form, "StatusCallback").map(str::to_owned),
             events,
             machine_detection: field(form, "MachineDetection").is_some(),

@@ -11,6 +11,7 @@ mod events;
 mod limits;
 mod mcp_surface;
 mod openapi;
+mod recovery;
 mod rejections;
 mod secrets;
 mod sse;

@@ -39,6 +39,8 @@ pub struct TestServer {
     pub state: AppState,
     pub sim: TwilioSimulator,
     pub realtime: RealtimeSimulator,
+    raw: RawConfig,
+    timing: Timing,
     stop: Option<oneshot::Sender<()>>,
     served: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -115,13 +117,39 @@ impl TestServer {
             }),
             ..setup.raw
         };
-        let config = raw.validate().expect("test configuration is valid");
-        let state = AppState::with_timing(config, setup.timing).await.unwrap();
+        Self::serve_on(listener, base, raw, setup.timing, sim, realtime).await
+    }
+
+    async fn serve_on(
+        listener: tokio::net::TcpListener,
+        base: String,
+        raw: RawConfig,
+        timing: Timing,
+        sim: TwilioSimulator,
+        realtime: RealtimeSimulator,
+    ) -> Self {
+        let config = raw.clone().validate().expect("test configuration is valid");
+        let state = AppState::with_timing(config, timing.clone()).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn(voice_call_mcp::serve(listener, state.clone(), async {
             let _ = stopped.await;
         }));
-        Self { base, state, sim, realtime, stop: Some(stop), served: Some(served) }
+        Self { base, state, sim, realtime, raw, timing, stop: Some(stop), served: Some(served) }
+    }
+
+    /// The server dies mid-call (no drain: its calls are left as they were, on the simulators too) and
+    /// comes back on the same address and database, as under systemd after a crash;
+    /// `while_down` runs between the two (e.g. a call ends on Twilio's side, its callback finds nobody).
+    pub async fn crash_and_restart(mut self, while_down: impl std::future::Future<Output = ()>) -> Self {
+        self.state.shutdown.cancel();
+        if let Some(served) = self.served.take() {
+            tokio::time::timeout(WAIT, served).await.expect("server stops in time").unwrap().unwrap();
+        }
+        while_down.await;
+        let Self { base, raw, timing, sim, realtime, .. } = self;
+        let addr = base.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind(&addr).await.expect("the same address is free again");
+        Self::serve_on(listener, base, raw, timing, sim, realtime).await
     }
 
     /// An MCP client whose token has every scope.
