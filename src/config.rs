@@ -36,6 +36,9 @@ pub struct RawConfig {
     /// Scheme and host of Twilio's REST API [default: https://api.twilio.com].
     #[arg(long, env = "TWILIO_API_BASE")]
     pub twilio_api_base: Option<String>,
+    /// Longest one Twilio REST request may take, in seconds [default: 15].
+    #[arg(long, env = "TWILIO_TIMEOUT_SECS")]
+    pub twilio_timeout_secs: Option<String>,
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
     pub openai_api_key: Option<String>,
     /// Realtime endpoint without the model [default: wss://api.openai.com/v1/realtime].
@@ -226,6 +229,8 @@ pub struct TwilioConfig {
     pub auth: TwilioAuth,
     pub number: E164,
     pub api_base: Url,
+    /// Longest one REST request may take (`TWILIO_TIMEOUT_SECS`).
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -470,6 +475,10 @@ impl RawConfig {
             c.fail("MAX_CALL_DURATION_SECS", "must be between 10 and 14400 (Twilio's 4-hour limit)");
         }
         let ring_secs: u64 = c.parse("RING_TIMEOUT_SECS", &self.ring_timeout_secs, 30, "a number of seconds");
+        let twilio_secs: u64 = c.parse("TWILIO_TIMEOUT_SECS", &self.twilio_timeout_secs, 15, "a number of seconds");
+        if !(1..=120).contains(&twilio_secs) {
+            c.fail("TWILIO_TIMEOUT_SECS", "must be between 1 and 120");
+        }
         if !(5..=600).contains(&ring_secs) {
             c.fail("RING_TIMEOUT_SECS", "must be between 5 and 600");
         }
@@ -542,6 +551,7 @@ impl RawConfig {
                 auth,
                 number: number.unwrap_or_else(sandbox_number),
                 api_base: api_base.unwrap_or_else(placeholder_url),
+                request_timeout: Duration::from_secs(twilio_secs),
             },
             voice: VoiceConfig { api_key, url: voice_url.unwrap_or_else(placeholder_url), model, voice, auth_header },
             record_calls,
@@ -825,6 +835,7 @@ mod tests {
             twilio_api_key_sid: Some("SKnope".into()),
             worker_threads: Some("0".into()),
             worker_cpu_affinity: Some("0,1".into()),
+            twilio_timeout_secs: Some("0".into()),
             ..live()
         };
         let errors = raw.validate().unwrap_err();
@@ -838,6 +849,7 @@ mod tests {
             "TWILIO_API_KEY_SECRET",
             "WORKER_THREADS",
             "WORKER_CPU_AFFINITY",
+            "TWILIO_TIMEOUT_SECS",
         ] {
             assert!(named.contains(&s), "{s} not named in {errors:?}");
         }

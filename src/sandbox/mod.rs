@@ -4,6 +4,7 @@
 //! user sees the whole flow with no accounts and no network, and the tests exercise the same code a
 //! live deployment runs.
 
+pub mod faults;
 pub mod realtime;
 pub mod speech;
 pub mod twilio;

@@ -13,6 +13,7 @@
 //! the first response with nothing heard → the instructions' `Begin the call by saying exactly: "…"`,
 //! else [`RESUMED`] when they carry `Conversation so far:`, else [`GREETING`].
 
+use super::faults::{Fault, Faults};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,6 +94,8 @@ struct Shared {
     connections: AtomicU64,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Faults for the next handshakes (see [`RealtimeSimulator::inject`]).
+    faults: Faults,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +117,7 @@ impl RealtimeSimulator {
             connections: AtomicU64::new(0),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            faults: Faults::default(),
         });
         let app = Router::new().route("/v1/realtime", any(handshake)).with_state(Arc::clone(&shared));
         let stop = shared.cancel.clone().cancelled_owned();
@@ -143,6 +147,12 @@ impl RealtimeSimulator {
     /// Sends `{"type":"error","error":{"type":"server_error",code,message}}` on every live connection.
     pub fn send_error_to_all(&self, code: &str, message: &str) {
         let _ = self.shared.control.send(Control::Error { code: code.to_owned(), message: message.to_owned() });
+    }
+
+    /// The next `times` handshakes fail with `fault`: a status refuses the upgrade with OpenAI's error
+    /// body (429: rate limited, 5xx: a server error); a hang never answers.
+    pub fn inject(&self, times: usize, fault: Fault) {
+        self.shared.faults.push(times, fault);
     }
 
     /// Closes every live connection abruptly: no close frame, as when the network drops.
@@ -198,6 +208,23 @@ async fn handshake(
     let Some(auth) = sim.authenticate(&headers) else {
         return sim.refuse(StatusCode::UNAUTHORIZED, "invalid_api_key", "Incorrect API key provided.");
     };
+    match sim.faults.take() {
+        None => {}
+        Some(Fault::Status(status)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let (code, message) = if status == StatusCode::TOO_MANY_REQUESTS {
+                ("rate_limit_exceeded", "Rate limit reached for requests. Please try again later.")
+            } else {
+                ("server_error", "The server had an error while processing your request.")
+            };
+            return sim.refuse(status, code, message);
+        }
+        Some(Fault::Hang | Fault::HangAfter) => {
+            sim.record(RealtimeSimEvent::Refused { status: 0, reason: "never answered".into() });
+            sim.cancel.cancelled().await;
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+    }
     let query = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes());
     let Some(model) = query.into_iter().find(|(k, v)| k == "model" && !v.is_empty()).map(|(_, v)| v.into_owned())
     else {

@@ -34,6 +34,7 @@
 //! waits gives up after 30 s. The stream's end: on hang-up, `talk_time` or shutdown, `stop` and a close;
 //! if the server closes it first, the line stays up until the call is hung up.
 
+use super::faults::{Fault, Faults};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -158,6 +159,11 @@ pub enum SimRequest {
         sequence: Option<u32>,
         http_status: u16,
     },
+    /// A REST request met an injected fault (see [`TwilioSimulator::inject`]).
+    Faulted {
+        path: String,
+        fault: Fault,
+    },
     /// `GET …/Calls/{sid}.json` answered with the call resource.
     Fetched {
         call_sid: String,
@@ -225,6 +231,8 @@ struct Shared {
     events: mpsc::UnboundedSender<SimRequest>,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Faults to inject into the next REST requests (see [`TwilioSimulator::inject`]).
+    faults: Faults,
 }
 
 #[derive(Debug)]
@@ -299,6 +307,7 @@ impl TwilioSimulator {
             events,
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            faults: Faults::default(),
         });
         let app = Router::new()
             .route("/2010-04-01/Accounts/{account}/Calls.json", post(create_call))
@@ -329,6 +338,12 @@ impl TwilioSimulator {
         self.requests.try_lock().ok()?.try_recv().ok()
     }
 
+    /// The next `times` REST requests (any of them: create, update, fetch) fail with `fault`: a bad
+    /// moment of Twilio's, after which it behaves again.
+    pub fn inject(&self, times: usize, fault: Fault) {
+        self.shared.faults.push(times, fault);
+    }
+
     /// Stops the listener and every call in progress, and waits for them all.
     pub async fn shutdown(self) {
         self.shared.cancel.cancel();
@@ -355,6 +370,10 @@ async fn create_call(
     let Some(auth) = sim.authenticate(&headers, &account) else {
         return sim.reject(path, StatusCode::UNAUTHORIZED, 20003, "Authenticate".into());
     };
+    let fault = sim.faults.take();
+    if let Some(refused) = sim.refuse_for(fault, path).await {
+        return refused;
+    }
     let form: Params = url::form_urlencoded::parse(&body).into_owned().collect();
     let Some(to) = field(&form, "To") else {
         return sim.reject(path, StatusCode::BAD_REQUEST, 21201, "No 'To' number is specified".into());
@@ -386,7 +405,7 @@ async fn create_call(
     sim.record(SimRequest::CreateCall { call_sid: plan.sid.clone(), form, auth });
     let script = Script { sim: Arc::clone(&sim), plan, hangup, redirect, seq: 0, held: None };
     sim.tracker.spawn(script.play());
-    (StatusCode::CREATED, axum::Json(body)).into_response()
+    sim.answer(fault, path, (StatusCode::CREATED, axum::Json(body)).into_response()).await
 }
 
 async fn update_call(
@@ -400,10 +419,20 @@ async fn update_call(
     if sim.authenticate(&headers, &account).is_none() {
         return sim.reject(path, StatusCode::UNAUTHORIZED, 20003, "Authenticate".into());
     }
-    let form: Params = url::form_urlencoded::parse(&body).into_owned().collect();
+    let fault = sim.faults.take();
+    if let Some(refused) = sim.refuse_for(fault, path).await {
+        return refused;
+    }
+    let response = update(&sim, path, &file, &body);
+    sim.answer(fault, path, response).await
+}
+
+/// `POST …/Calls/{sid}.json`: a hang-up (`Status`) or new TwiML (`Twiml`).
+fn update(sim: &Shared, path: &str, file: &str, body: &[u8]) -> Response {
+    let form: Params = url::form_urlencoded::parse(body).into_owned().collect();
     let sid = file.strip_suffix(".json").unwrap_or_default();
     if let (None, Some(twiml)) = (field(&form, "Status"), field(&form, "Twiml")) {
-        return redirect_call(&sim, path, sid, twiml);
+        return redirect_call(sim, path, sid, twiml);
     }
     let Some(wanted @ ("completed" | "canceled")) = field(&form, "Status") else {
         return sim.reject(path, StatusCode::BAD_REQUEST, 20001, "Status must be 'completed' or 'canceled'".into());
@@ -436,12 +465,16 @@ async fn fetch_call(
     if sim.authenticate(&headers, &account).is_none() {
         return sim.reject(path, StatusCode::UNAUTHORIZED, 20003, "Authenticate".into());
     }
+    let fault = sim.faults.take();
+    if let Some(refused) = sim.refuse_for(fault, path).await {
+        return refused;
+    }
     let sid = file.strip_suffix(".json").unwrap_or_default();
     let Some(body) = sim.lock().get(sid).map(|call| sim.call_json(sid, call)) else {
         return sim.reject(path, StatusCode::NOT_FOUND, 20404, format!("The requested resource {path} was not found"));
     };
     sim.record(SimRequest::Fetched { call_sid: sid.to_owned() });
-    (StatusCode::OK, axum::Json(body)).into_response()
+    sim.answer(fault, path, (StatusCode::OK, axum::Json(body)).into_response()).await
 }
 
 /// New TwiML for a live call. The simulator does not voice it: the current one (a media stream) stops,
@@ -472,6 +505,40 @@ impl Shared {
     fn record(&self, request: SimRequest) {
         // Nobody listening (receiver dropped) is fine: sandbox mode never reads the log.
         let _ = self.events.send(request);
+    }
+
+    /// A fault that stops the request before anything is done: its error answer (or, for a hang,
+    /// none until the client gives up).
+    async fn refuse_for(&self, fault: Option<Fault>, path: &str) -> Option<Response> {
+        match fault? {
+            Fault::Status(status) => {
+                self.record(SimRequest::Faulted { path: path.to_owned(), fault: Fault::Status(status) });
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                // Twilio's codes for these are 20000 + the status (20429 Too Many Requests, 20500, 20503).
+                let message = status.canonical_reason().unwrap_or("error").to_owned();
+                Some(self.reject(path, status, 20_000 + u32::from(status.as_u16()), message))
+            }
+            Fault::Hang => Some(self.hang(path, Fault::Hang).await),
+            Fault::HangAfter => None,
+        }
+    }
+
+    /// The answer to a request that was carried out, unless a fault loses it.
+    async fn answer(&self, fault: Option<Fault>, path: &str, response: Response) -> Response {
+        match fault {
+            Some(Fault::HangAfter) => self.hang(path, Fault::HangAfter).await,
+            _ => response,
+        }
+    }
+
+    /// Never answers (until the simulator stops, or long after any client has given up).
+    async fn hang(&self, path: &str, fault: Fault) -> Response {
+        self.record(SimRequest::Faulted { path: path.to_owned(), fault });
+        tokio::select! {
+            () = self.cancel.cancelled() => {}
+            () = tokio::time::sleep(Duration::from_secs(300)) => {}
+        }
+        StatusCode::GATEWAY_TIMEOUT.into_response()
     }
 
     fn reject(&self, path: &str, status: StatusCode, code: u32, message: String) -> Response {

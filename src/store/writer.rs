@@ -240,7 +240,12 @@ struct ErrorLog {
 
 impl ErrorLog {
     fn report(&mut self, what: &str, error: &rusqlite::Error, lost_rows: usize) {
-        self.lost += u64::try_from(lost_rows).unwrap_or(u64::MAX);
+        let lost_rows = u64::try_from(lost_rows).unwrap_or(u64::MAX);
+        // Counted at once (`/metrics`), whatever the log shows of it.
+        if lost_rows > 0 {
+            crate::telemetry::metrics().store_rows_lost(lost_rows);
+        }
+        self.lost += lost_rows;
         if self.last.is_some_and(|t| t.elapsed() < ERROR_LOG_EVERY) {
             self.suppressed += 1;
             return;

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub(crate) calls_ended: Counter<u64>,
     pub(crate) sse_subscribers: UpDownCounter<i64>,
     pub(crate) events_dropped: Counter<u64>,
+    pub(crate) store_rows_lost: Counter<u64>,
     pub(crate) frames: Counter<u64>,
     pub(crate) latency: Histogram<f64>,
     pub(crate) webhook_rejections: Counter<u64>,
@@ -115,6 +116,13 @@ impl Metrics {
                 .with_unit("{event}")
                 .with_description("Events a follower (SSE stream or MCP session) lost by falling behind.")
                 .build(),
+            store_rows_lost: m
+                .u64_counter("voice_call.store.rows_lost")
+                .with_unit("{row}")
+                .with_description(
+                    "Events, call records and transcript lines the database could not save (a full disk, an I/O error).",
+                )
+                .build(),
             frames: m
                 .u64_counter("voice_call.relay.frames")
                 .with_unit("{frame}")
@@ -174,6 +182,10 @@ impl Metrics {
 
     pub fn events_dropped(&self, n: u64) {
         self.events_dropped.add(n, &[]);
+    }
+
+    pub fn store_rows_lost(&self, n: u64) {
+        self.store_rows_lost.add(n, &[]);
     }
 
     pub(crate) fn webhook_rejected(&self, route: &str, reason: &'static str) {

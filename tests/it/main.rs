@@ -8,6 +8,7 @@ mod cli;
 mod dashboard;
 mod drain;
 mod events;
+mod faults;
 mod limits;
 mod mcp_surface;
 mod openapi;
