@@ -182,6 +182,32 @@ pub fn parse_inbound(text: &str) -> Result<Inbound<'_>, serde_json::Error> {
     serde_json::from_str(text)
 }
 
+/// Whether `s` is base64 (standard alphabet, padded), checked without decoding: one scan of a frame's
+/// payload (a few percent of parsing the frame: `cargo bench --bench media_frame`), so that the model
+/// is never sent audio it would reject.
+pub fn is_base64(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.is_empty() || !b.len().is_multiple_of(4) {
+        return false;
+    }
+    let body = b.strip_suffix(b"==").or_else(|| b.strip_suffix(b"=")).unwrap_or(b);
+    // No early exit: a table lookup and an AND per byte, which the compiler unrolls, is several times
+    // faster on a 216-byte payload than a short-circuiting test per character (and bad input is rare).
+    body.iter().fold(true, |ok, &c| ok & BASE64_ALPHABET[usize::from(c)])
+}
+
+/// The standard base64 alphabet, as a lookup table.
+static BASE64_ALPHABET: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = b.is_ascii_alphanumeric() || b == b'+' || b == b'/';
+        c += 1;
+    }
+    table
+};
+
 /// Writes `{"event":"media","streamSid":…,"media":{"payload":…}}` into `out` (cleared first).
 pub fn write_media(out: &mut String, stream_sid: &str, payload: &str) {
     out.clear();

@@ -46,14 +46,3 @@ impl Malformed {
 /// Twilio's frames are a few hundred bytes (a `start` with many parameters, a few KiB): anything far
 /// larger is skipped unread.
 pub(super) const MAX_TWILIO_FRAME_TEXT: usize = 64 * 1024;
-
-/// Whether `s` is base64 (standard alphabet, padded), checked without decoding: one scan of a frame's
-/// payload, so that the model is never sent audio it would reject, and no other call's audio is touched.
-pub(super) fn is_base64(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.is_empty() || !b.len().is_multiple_of(4) {
-        return false;
-    }
-    let body = b.strip_suffix(b"==").or_else(|| b.strip_suffix(b"=")).unwrap_or(b);
-    body.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
-}

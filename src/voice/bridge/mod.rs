@@ -23,7 +23,7 @@ use crate::calls::{CallEntry, CallError, Speaker};
 use crate::carrier::stream::{self, Inbound, MarkName, Outbound};
 use crate::events::CallEvent;
 use crate::telemetry::relay::{Direction, RelayMeter};
-use frames::{MAX_TWILIO_FRAME_TEXT, Malformed, MalformedFrames, is_base64};
+use frames::{MAX_TWILIO_FRAME_TEXT, Malformed, MalformedFrames};
 use futures::future::BoxFuture;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use std::collections::VecDeque;
@@ -371,7 +371,7 @@ where
             return self.on_malformed(Malformed::Oversized).await;
         }
         match stream::parse_inbound(text) {
-            Ok(Inbound::Media { media, .. }) if !is_base64(&media.payload) => {
+            Ok(Inbound::Media { media, .. }) if !stream::is_base64(&media.payload) => {
                 self.on_malformed(Malformed::BadAudio).await
             }
             Ok(Inbound::Media { media, .. }) => {

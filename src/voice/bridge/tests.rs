@@ -1,8 +1,8 @@
 //! The bridge driven through in-memory sockets: barge-in, hang-up, malformed frames.
 #![allow(clippy::unwrap_used)]
-use super::frames::is_base64;
 use super::*;
 use crate::calls::{Call, CallRegistry, CallStatus};
+use crate::carrier::stream::is_base64;
 use futures::channel::mpsc as chan;
 use std::pin::Pin;
 use std::sync::Mutex;
