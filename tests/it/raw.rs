@@ -8,12 +8,16 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Connects to the server at `base` (`http://127.0.0.1:PORT`). `receive_buffer` sets `SO_RCVBUF` before
-/// connecting, which bounds the window the server can fill while this client does not read.
-pub async fn connect(base: &str, receive_buffer: Option<u32>) -> TcpStream {
+/// connecting, which bounds the window the server can fill while this client does not read;
+/// `send_buffer` sets `SO_SNDBUF`, which keeps most of an upload in flight until the server reads it.
+pub async fn connect(base: &str, receive_buffer: Option<u32>, send_buffer: Option<u32>) -> TcpStream {
     let addr = base.trim_start_matches("http://").parse().expect("a loopback base URL");
     let socket = TcpSocket::new_v4().unwrap();
     if let Some(size) = receive_buffer {
         socket.set_recv_buffer_size(size).unwrap();
+    }
+    if let Some(size) = send_buffer {
+        socket.set_send_buffer_size(size).unwrap();
     }
     socket.connect(addr).await.expect("the server accepts")
 }
@@ -59,6 +63,27 @@ impl Reader {
         })
         .await;
         closed.unwrap_or_else(|_| panic!("the server kept the connection open after {} bytes", self.read.len()))
+    }
+
+    /// Reads a response head (bounded by [`WAIT`]) and returns its status code; `None` if the connection
+    /// closed or was reset before a whole head arrived.
+    pub async fn status(&mut self) -> Option<u16> {
+        let head = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(end) = self.read.windows(4).position(|w| w == b"\r\n\r\n") {
+                    return Some(end);
+                }
+                let mut chunk = [0; 16 * 1024];
+                match self.half.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.read.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await
+        .expect("a response head, a close or a reset in time")?;
+        let line = std::str::from_utf8(&self.read[..head]).ok()?.lines().next()?;
+        line.split(' ').nth(1)?.parse().ok()
     }
 
     /// The body of a chunked response, as much of it as was read, without the chunk framing.

@@ -40,7 +40,7 @@ async fn a_reader_that_stopped_reading_is_told_where_to_resume_and_loses_nothing
     let token = mint(&server.base, "dashboard", "events:read", None, 600);
     let first = server.state.events.last_id() + 1;
     // A small receive buffer: the server's writes block after a few KiB in flight, not megabytes.
-    let (mut reader, mut write) = raw::split(raw::connect(&server.base, Some(4096)).await);
+    let (mut reader, mut write) = raw::split(raw::connect(&server.base, Some(4096), None).await);
     let host = server.base.trim_start_matches("http://");
     let request = format!("GET /events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n");
     write.write_all(request.as_bytes()).await.unwrap();
