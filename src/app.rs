@@ -126,6 +126,7 @@ pub fn router(state: AppState) -> Router {
     let mcp_guard = Guard::mcp(mcp_authenticator, metadata::url(config));
     let mcp = Router::new()
         .nest_service("/mcp", mcp::service(state.clone()))
+        .layer(axum::middleware::from_fn(mcp::termination::no_content))
         .layer(limits.by_subject(Group::Mcp))
         .layer(axum::middleware::from_fn_with_state(mcp_guard, guard::require))
         .layer(limits.by_address(Group::Mcp));

@@ -11,6 +11,7 @@
 mod access;
 mod notify;
 mod prompts;
+pub mod termination;
 mod tools;
 
 use crate::app::AppState;

@@ -9,6 +9,7 @@ mod dashboard;
 mod drain;
 mod events;
 mod limits;
+mod mcp_http;
 mod mcp_surface;
 mod openapi;
 mod raw;
