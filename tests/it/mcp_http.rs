@@ -62,3 +62,26 @@ async fn ending_a_session_answers_204_and_the_session_is_gone() {
     assert_eq!(after.status(), StatusCode::NOT_FOUND, "the session id is unknown now");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_loopback_server_serves_browser_clients_on_other_loopback_origins_and_no_others() {
+    // PUBLIC_URL is http://127.0.0.1:PORT, as for a developer running the server and the MCP Inspector
+    // (http://localhost:6274, in direct mode) side by side.
+    let server = TestServer::start().await;
+    assert!(server.base.starts_with("http://127.0.0.1:"));
+    let from = |origin: &str| request(&server, reqwest::Method::POST).header("origin", origin);
+    for origin in ["http://localhost:6274", "http://127.0.0.1:6274", "http://[::1]:6274", server.base.as_str()] {
+        let opened = from(origin).json(&initialize()).send().await.unwrap();
+        assert_eq!(opened.status(), StatusCode::OK, "{origin}");
+        assert!(opened.headers().contains_key("mcp-session-id"), "{origin}");
+    }
+    for origin in ["https://evil.example", "null", "http://localhost.evil.example:6274"] {
+        let refused = from(origin).json(&initialize()).send().await.unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{origin}");
+        assert_eq!(refused.text().await.unwrap(), "requests from this Origin are not allowed\n", "the edge's refusal");
+    }
+    // And the Host rule is the edge's too, on /mcp as elsewhere.
+    let rebinding = request(&server, reqwest::Method::POST).header("host", "evil.example").json(&initialize());
+    assert_eq!(rebinding.send().await.unwrap().status(), StatusCode::FORBIDDEN);
+    server.stop().await;
+}
