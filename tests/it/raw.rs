@@ -33,21 +33,32 @@ impl Reader {
         Self { half, read: Vec::new() }
     }
 
-    /// Reads until `needle` has arrived (bounded by [`WAIT`]).
-    pub async fn until(&mut self, needle: &[u8]) {
+    /// Reads until `needle` has arrived (bounded by [`WAIT`]): where it starts in what was read, or `None`
+    /// if the connection closed or was reset first.
+    async fn read_until(&mut self, needle: &[u8]) -> Option<usize> {
         let found = tokio::time::timeout(WAIT, async {
-            while !self.read.windows(needle.len()).any(|w| w == needle) {
+            loop {
+                if let Some(at) = self.read.windows(needle.len()).position(|w| w == needle) {
+                    return Some(at);
+                }
                 let mut chunk = [0; 16 * 1024];
                 match self.half.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return false,
+                    Ok(0) | Err(_) => return None,
                     Ok(n) => self.read.extend_from_slice(&chunk[..n]),
                 }
             }
-            true
-        })
-        .await;
-        let seen = String::from_utf8_lossy(&self.read[..self.read.len().min(600)]).into_owned();
-        assert_eq!(found, Ok(true), "{:?} never arrived; read: {seen}", String::from_utf8_lossy(needle));
+        });
+        found
+            .await
+            .unwrap_or_else(|_| panic!("neither {:?} nor a close arrived in time", String::from_utf8_lossy(needle)))
+    }
+
+    /// Reads until `needle` has arrived, which it must.
+    pub async fn until(&mut self, needle: &[u8]) {
+        if self.read_until(needle).await.is_none() {
+            let seen = String::from_utf8_lossy(&self.read[..self.read.len().min(600)]).into_owned();
+            panic!("{:?} never arrived; read: {seen}", String::from_utf8_lossy(needle));
+        }
     }
 
     /// Reads until the server closes the connection (bounded by [`WAIT`]): `Err` if it was reset.
@@ -65,24 +76,11 @@ impl Reader {
         closed.unwrap_or_else(|_| panic!("the server kept the connection open after {} bytes", self.read.len()))
     }
 
-    /// Reads a response head (bounded by [`WAIT`]) and returns its status code; `None` if the connection
-    /// closed or was reset before a whole head arrived.
+    /// Reads a response head and returns its status code; `None` if the connection closed or was reset
+    /// before a whole head arrived.
     pub async fn status(&mut self) -> Option<u16> {
-        let head = tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some(end) = self.read.windows(4).position(|w| w == b"\r\n\r\n") {
-                    return Some(end);
-                }
-                let mut chunk = [0; 16 * 1024];
-                match self.half.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(n) => self.read.extend_from_slice(&chunk[..n]),
-                }
-            }
-        })
-        .await
-        .expect("a response head, a close or a reset in time")?;
-        let line = std::str::from_utf8(&self.read[..head]).ok()?.lines().next()?;
+        let end = self.read_until(b"\r\n\r\n").await?;
+        let line = std::str::from_utf8(&self.read[..end]).ok()?.lines().next()?;
         line.split(' ').nth(1)?.parse().ok()
     }
 
