@@ -9,6 +9,7 @@ use crate::auth::{AuthSetupError, Authenticator, metadata};
 use crate::calls::{Call, CallRegistry, CallStatus, Transcript, TranscriptLine};
 use crate::carrier::{media, rest, webhooks};
 use crate::config::Config;
+use crate::edge::body::{self, BodyLimit};
 use crate::edge::rate::Group;
 use crate::edge::{Limits, Origins, origin};
 use crate::events::{EventBus, sse};
@@ -28,7 +29,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
 #[derive(Debug, Clone)]
@@ -151,10 +151,9 @@ pub fn router(state: AppState) -> Router {
     let mcp_guard = Guard::mcp(mcp_authenticator, metadata::url(config));
     let mcp = Router::new()
         .nest_service("/mcp", mcp::service(state.clone()))
+        .layer(axum::middleware::from_fn(mcp::termination::no_content))
         .layer(limits.by_subject(Group::Mcp))
         .layer(axum::middleware::from_fn_with_state(mcp_guard, guard::require))
-        // Also bounds the body when MCP authorization is off and the guard does not read it.
-        .layer(RequestBodyLimitLayer::new(guard::MCP_BODY_LIMIT))
         .layer(limits.by_address(Group::Mcp));
     // Twilio's own buckets: a flood on /mcp or /events never delays a status callback or a media stream.
     let twilio = webhooks::router().merge(media::router()).layer(limits.by_address(Group::Twilio));
@@ -175,7 +174,9 @@ pub fn router(state: AppState) -> Router {
         .merge(mcp)
         .merge(other)
         .layer(axum::middleware::from_fn_with_state(origins, origin::check))
-        .layer(RequestBodyLimitLayer::new(guard::MCP_BODY_LIMIT))
+        // Every body, `/mcp`'s too when MCP authorization is off and the guard does not read it; Twilio's
+        // routes bound theirs tighter.
+        .layer(axum::middleware::from_fn_with_state(BodyLimit(guard::MCP_BODY_LIMIT), body::bounded))
         .layer(TraceLayer::new_for_http().make_span_with(http_span));
     // Merged into `events`, not the other way round: of two routers' default fallbacks the merged-in one
     // is kept, and unknown paths must get the traced 404, not the feed's token check.

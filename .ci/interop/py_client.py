@@ -9,7 +9,9 @@ default: `Client(url)` -- mode="auto": probes `server/discover` and adopts 2026-
          (stateless). If the server does not answer discover it silently falls back
          to initialize, so the negotiated version is asserted to be 2026-07-28.
 legacy:  `Client(url, mode="legacy")` -- forces the initialize handshake (sessions,
-         newest handshake-era version, 2025-11-25 in mcp 2.3.0).
+         newest handshake-era version, 2025-11-25 in mcp 2.3.0). Leaving the client ends the
+         session with DELETE; the client only logs a refusal ("Session termination failed: 202"
+         for anything but 200/204), so its log is checked for that.
 unauthorized: the client without a token must be refused, and the server's 401 must name
          the RFC 9728 metadata document, which must name this resource.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import traceback
 from typing import Any
@@ -51,6 +54,17 @@ def dump(result: Any) -> str:
         return json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True))[:1500]
     except Exception:  # noqa: BLE001 - diagnostics only
         return repr(result)[:1500]
+
+
+class Warnings(logging.Handler):
+    """What the client's transport logs at WARNING and above: it reports a failed DELETE only there."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def transport(url: str):
@@ -88,6 +102,8 @@ async def run(url: str, mode: str) -> None:
     if mode == "unauthorized":
         unauthorized(url)
         return
+    warnings = Warnings()
+    logging.getLogger("mcp.client.streamable_http").addHandler(warnings)
     client = (Client(transport(url)) if mode == "default"
               else Client(transport(url), mode="legacy", read_timeout_seconds=30))
     async with client:
@@ -129,6 +145,9 @@ async def run(url: str, mode: str) -> None:
             raise CheckFailed(f"get-call on an unknown sid raised instead of returning isError=true: {e!r}") from e
         print(f"  get-call(unknown): {dump(unknown)}")
         require(unknown.is_error, "get-call on an unknown sid did not return isError=true")
+    # Leaving the client has ended the session (legacy mode) with DELETE; a refusal is only logged.
+    failed = [m for m in warnings.messages if "Session termination failed" in m]
+    require(not failed, f"the client could not end its session: {failed}")
 
 
 def main() -> int:

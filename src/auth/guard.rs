@@ -111,7 +111,8 @@ pub async fn require(State(guard): State<Guard>, request: Request, next: Next) -
             body
         }
         Route::Mcp => {
-            // Bounded: a body past the limit is refused without being read further.
+            // Bounded, by the edge's limit too (`edge::body`): past it, the rest is read and thrown away
+            // before the edge answers 413 in place of this one.
             let bytes = match to_bytes(body, MCP_BODY_LIMIT).await {
                 Ok(b) => b,
                 Err(_) => {

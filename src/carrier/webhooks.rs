@@ -7,6 +7,7 @@
 use super::signature;
 use crate::app::AppState;
 use crate::calls::{CallStatus, CallUpdate, UpdateOutcome};
+use crate::edge::body::{self, BodyLimit};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -24,7 +25,8 @@ pub fn router() -> Router<AppState> {
         .route("/twilio/status", post(status))
         .route("/twilio/recording", post(recording))
         .route("/twilio/amd", post(amd))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_WEBHOOK_BODY))
+        // Inside the rejection count, so an oversized body counts as `too_large`.
+        .route_layer(axum::middleware::from_fn_with_state(BodyLimit(MAX_WEBHOOK_BODY), body::bounded))
         .route_layer(axum::middleware::from_fn(crate::telemetry::route::count_rejections))
 }
 
@@ -42,7 +44,7 @@ impl Form {
 pub enum Rejection {
     Signature(&'static str),
     Malformed(&'static str),
-    /// Past the body limit (`DefaultBodyLimit` on the Twilio routes): Twilio's forms are a few KiB.
+    /// Past the body limit (`edge::body` on the Twilio routes): Twilio's forms are a few KiB.
     TooLarge,
 }
 
@@ -71,7 +73,7 @@ impl axum::extract::FromRequest<AppState> for Form {
 
     async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, Rejection> {
         let (headers, uri) = (req.headers().clone(), req.uri().clone());
-        // Bounded by the routes' `DefaultBodyLimit`, which makes an oversized body a 413 rejection.
+        // Bounded by the routes' body limit (`edge::body`), which makes an oversized body a 413 rejection.
         let body = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 Rejection::TooLarge

@@ -4,7 +4,8 @@
 //! browser send requests here; checking `Host` stops the rebinding and checking `Origin` stops the
 //! cross-site request. Non-browser clients (MCP clients, Twilio, curl) send no `Origin` and pass.
 //! Health probes and `/metrics` are exempt: Kubernetes and Prometheus send the pod's IP as `Host`
-//! (`/metrics` has its own token or loopback rule).
+//! (`/metrics` has its own token or loopback rule). This is the only Host and Origin check, `/mcp`
+//! included: rmcp's own are turned off (`mcp::service`), so one rule holds everywhere.
 
 use crate::config::Config;
 use axum::extract::{Request, State};

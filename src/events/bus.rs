@@ -2,11 +2,11 @@
 //!
 //! Publishing never waits: the id comes from a counter, the event goes into a ring of recent events and
 //! onto a broadcast channel under one short lock (so ids and broadcast order agree), and the store
-//! persists it on its own writer thread. Followers read the broadcast; one that falls further behind
-//! than the channel holds is told it lagged (and is disconnected by its edge, with its last id so it can
-//! resume). A follower that resumes from an id first replays what it missed — from the ring, or from
-//! the store when it is older — then continues live, skipping by id whatever both cover, so the seam
-//! has no gap and no duplicate.
+//! persists it on its own writer thread. Followers read the broadcast; one that is more than
+//! [`FOLLOWER_QUEUE`] events behind the newest id when it asks for its next event is told it lagged (and
+//! is disconnected by its edge, with its last id so it can resume). A follower that resumes from an id
+//! first replays what it missed — from the ring, or from the store when it is older — then continues
+//! live, skipping by id whatever both cover, so the seam has no gap and no duplicate.
 
 use super::CallEvent;
 use crate::store::{EventStore, StoredEvent};
@@ -54,8 +54,12 @@ struct Ring {
     live: Option<broadcast::Sender<Arc<Published>>>,
 }
 
-/// How far a follower may fall behind before it is cut off, in events.
+/// How far a follower may fall behind before it is cut off, in events: the publisher's newest id minus the
+/// last id the follower handed on, looked at each time the follower is asked for its next event.
 pub const FOLLOWER_QUEUE: usize = 1024;
+// The live channel holds exactly this many (tokio rounds a capacity up to a power of two), so it reports a
+// lag exactly when a follower is more than this far behind.
+const _: () = assert!(FOLLOWER_QUEUE.is_power_of_two());
 /// Recent events kept in memory for fast resumption.
 const RECENT: usize = 8192;
 /// Events read from the store per page while replaying.
@@ -200,8 +204,15 @@ impl Follower {
                 }
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    crate::telemetry::metrics().events_dropped(n);
-                    return Err(FollowError::Lagged);
+                    // The channel overwrote events this receiver had not taken. The rule is in ids, against
+                    // the publisher: a follower that replayed past them from the log (its receiver still
+                    // where it subscribed) has them already, and every id after `last` is still in the
+                    // channel while it is at most `FOLLOWER_QUEUE` behind (the channel holds exactly that
+                    // many). Only on this path, so the ring's lock is not taken per event.
+                    if self.bus.last_id().saturating_sub(self.last) > FOLLOWER_QUEUE as u64 {
+                        crate::telemetry::metrics().events_dropped(n);
+                        return Err(FollowError::Lagged);
+                    }
                 }
                 Err(broadcast::error::RecvError::Closed) => return Err(FollowError::Closed),
             }

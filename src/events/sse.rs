@@ -7,11 +7,14 @@
 //!
 //! Each stream is the response body itself ([`EventStream`]): the connection that writes it reads the
 //! event log when it has room, so an event costs one task wake-up per subscriber. The publisher never
-//! waits on a reader: one that falls further behind the log than the follower queue holds is told, in a
-//! final comment, where to resume, and disconnected; one whose socket accepts nothing at all is closed
-//! by the listener's write-stall limit (`listener::WRITE_STALL_LIMIT`), which gives back its place.
+//! waits on a reader, and a reader that falls behind is let go in one of two ways (README, "Following
+//! calls live"). Whenever the connection has room for more, the stream asks for its next event; if the
+//! reader is then more than [`FOLLOWER_QUEUE`] events behind the newest id, it gets a final comment naming
+//! the id to resume from, and the connection closes. A socket that accepts nothing at all is never asked:
+//! the listener's write-stall limit (`listener::WRITE_STALL_LIMIT`) closes it with nothing more written
+//! (nothing can be), and the client resumes from the last id it read. Either way its place is given back.
 
-use super::{EVENT_TYPES, FollowError, Follower, Published};
+use super::{EVENT_TYPES, FOLLOWER_QUEUE, FollowError, Follower, Published};
 use crate::app::AppState;
 use crate::auth::{self, AuthError, Claims};
 use axum::Router;
@@ -252,6 +255,10 @@ async fn events(State(state): State<AppState>, request: Request) -> Result<Respo
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // When the stream ends (lag, token expiry, shutdown) the connection closes too, so a client sees the
+    // end as a disconnect and reconnects, rather than holding an idle keep-alive connection. HTTP/1.1 only
+    // (the listener speaks nothing else); a proxy in front drops this hop-by-hop header.
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     if truncated.is_some() {
         h.insert("x-replay-truncated", HeaderValue::from_static("true"));
     }
@@ -353,9 +360,13 @@ impl EventStream {
                             return Some(e.wire.get_or_init(|| frame(&e)).clone());
                         }
                     }
+                    // Everything up to `last` is ahead of this comment on the connection, so the client
+                    // has read it by the time it reads where to resume.
                     Err(FollowError::Lagged) => {
                         let last = self.follower.last_id();
-                        self.end_with(format!(": too far behind; reconnect with Last-Event-ID: {last}\n\n"));
+                        self.end_with(format!(
+                            ": more than {FOLLOWER_QUEUE} events behind; reconnect with Last-Event-ID: {last}\n\n"
+                        ));
                     }
                     // The server is shutting down; everything published before has been sent.
                     Err(FollowError::Closed) => {

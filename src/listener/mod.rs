@@ -29,7 +29,9 @@ use tokio_util::task::TaskTracker;
 /// A client has this long to send a request's headers (slow-loris clients hold connections otherwise).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A peer that accepts none of our bytes for this long is disconnected: an `/events` subscriber that
-/// stopped reading, a media stream that froze. Long enough for any live network's hiccup.
+/// stopped reading, a media stream that froze. Long enough for any live network's hiccup. Nothing more is
+/// written (nothing can be), so an `/events` reader learns no resume id: it resumes after the last id it
+/// read (README, "Following calls live", documents this beside the 1,024-event rule).
 pub const WRITE_STALL_LIMIT: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `stop` resolves; then stops accepting, lets every connection finish

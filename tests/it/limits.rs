@@ -1,6 +1,7 @@
 //! Abuse limits on a public host: rate limits per address and per subject (never starving Twilio),
 //! the hourly call quota, numbers no AI should ring, Host/Origin checks, and bounded bodies.
 
+use crate::raw;
 use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -174,7 +175,7 @@ async fn a_foreign_host_or_origin_is_refused_but_health_probes_are_not() {
 }
 
 #[tokio::test]
-async fn oversized_bodies_are_refused_before_they_are_read() {
+async fn oversized_bodies_are_refused_with_413() {
     let server = TestServer::start().await;
     let http = reqwest::Client::new();
     let huge =
@@ -199,5 +200,75 @@ async fn oversized_bodies_are_refused_before_they_are_read() {
         .await
         .unwrap();
     assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    server.stop().await;
+}
+
+/// Posts `size` bytes of body to `path` on a new connection (with a `Content-Length`, or chunked) and
+/// then reads the answer, as most clients do. A small send buffer keeps most of the upload in flight when
+/// the server answers, as on any real network. The upload's outcome and the status read.
+async fn upload(server: &TestServer, path: &str, size: usize, chunked: bool) -> (std::io::Result<()>, Option<u16>) {
+    use tokio::io::AsyncWriteExt;
+    let (mut reader, mut write) = raw::split(raw::connect(&server.base, None, Some(16 * 1024)).await);
+    let host = server.base.trim_start_matches("http://");
+    let framing = if chunked { "Transfer-Encoding: chunked".to_owned() } else { format!("Content-Length: {size}") };
+    let token = server.token(ALL_SCOPES);
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nX-Twilio-Signature: irrelevant\r\n{framing}\r\n\r\n"
+    );
+    let sent = async {
+        write.write_all(head.as_bytes()).await?;
+        let piece = vec![b'x'; 64 * 1024];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(piece.len());
+            if chunked {
+                write.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+            }
+            write.write_all(&piece[..n]).await?;
+            if chunked {
+                write.write_all(b"\r\n").await?;
+            }
+            left -= n;
+        }
+        if chunked {
+            write.write_all(b"0\r\n\r\n").await?;
+        }
+        Ok(())
+    }
+    .await;
+    (sent, reader.status().await)
+}
+
+#[tokio::test]
+async fn an_oversized_upload_is_taken_to_its_end_and_answered_413() {
+    let server = TestServer::start().await;
+    for round in 0..3 {
+        for path in ["/twilio/status", "/mcp"] {
+            for size in [3 << 19, 2 << 20] {
+                for chunked in [false, true] {
+                    let (sent, status) = upload(&server, path, size, chunked).await;
+                    let case = format!("round {round}, {path}, {size} bytes, chunked {chunked}");
+                    assert!(sent.is_ok(), "{case}: the upload was cut off: {sent:?}");
+                    assert_eq!(status, Some(413), "{case}");
+                }
+            }
+        }
+    }
+    // Twilio's routes have a tighter limit, and the same manners under it.
+    let (sent, status) = upload(&server, "/twilio/amd", 200 * 1024, true).await;
+    assert!(sent.is_ok() && status == Some(413), "{sent:?} {status:?}");
+    // Not waited for: a client that waits to be told to send (no `100 Continue` comes), and a declared
+    // size past what is worth reading. Both are answered at once, and the connection closes.
+    let host = server.base.trim_start_matches("http://");
+    for extra in ["Expect: 100-continue\r\nContent-Length: 2097152", "Content-Length: 1073741824"] {
+        use tokio::io::AsyncWriteExt;
+        let (mut reader, mut write) = raw::split(raw::connect(&server.base, None, None).await);
+        let head = format!("POST /twilio/status HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n\r\n");
+        write.write_all(head.as_bytes()).await.unwrap();
+        assert_eq!(reader.status().await, Some(413), "{extra}");
+        let head = String::from_utf8_lossy(&reader.read).to_ascii_lowercase();
+        assert!(head.contains("connection: close"), "{extra}: {head}");
+    }
     server.stop().await;
 }
