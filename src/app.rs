@@ -154,6 +154,8 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(mcp::termination::no_content))
         .layer(limits.by_subject(Group::Mcp))
         .layer(axum::middleware::from_fn_with_state(mcp_guard, guard::require))
+        // Browser clients' preflights are answered here, before the token guard (they carry no token).
+        .layer(mcp::cors::layer(origins.clone()))
         .layer(limits.by_address(Group::Mcp));
     // Twilio's own buckets: a flood on /mcp or /events never delays a status callback or a media stream.
     let twilio = webhooks::router().merge(media::router()).layer(limits.by_address(Group::Twilio));

@@ -71,7 +71,14 @@ impl Origins {
     }
 
     fn origin_allowed(&self, origin: &str) -> bool {
-        if self.inner.any_origin || self.inner.origins.iter().any(|o| o == origin) {
+        self.inner.any_origin || self.allows_without_wildcard(origin)
+    }
+
+    /// Whether `origin` is one this server admits by name: its own, `SSE_CORS_ORIGIN`'s list, or (for a
+    /// loopback `PUBLIC_URL`) any loopback origin — leaving out `SSE_CORS_ORIGIN=*`, which opens only the
+    /// events feed to every page (`mcp::cors`).
+    pub fn allows_without_wildcard(&self, origin: &str) -> bool {
+        if self.inner.origins.iter().any(|o| o == origin) {
             return true;
         }
         self.inner.loopback_origins

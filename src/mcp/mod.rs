@@ -9,6 +9,7 @@
 #![allow(deprecated)]
 
 mod access;
+pub mod cors;
 mod notify;
 mod prompts;
 pub mod termination;

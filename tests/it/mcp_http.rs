@@ -85,3 +85,57 @@ async fn a_loopback_server_serves_browser_clients_on_other_loopback_origins_and_
     assert_eq!(rebinding.send().await.unwrap().status(), StatusCode::FORBIDDEN);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_browser_client_on_a_loopback_origin_passes_the_preflight_and_reads_its_session() {
+    let server = TestServer::start().await;
+    let preflight = |origin: &str| {
+        reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, format!("{}/mcp", server.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization, content-type, mcp-protocol-version")
+            .send()
+    };
+    // What a browser sends before the MCP Inspector's first POST: no token, and it must pass.
+    let allowed = preflight("http://localhost:6274").await.unwrap();
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    let h = allowed.headers();
+    assert_eq!(h["access-control-allow-origin"], "http://localhost:6274");
+    let allow_headers = h["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    for needed in ["authorization", "content-type", "mcp-protocol-version", "mcp-session-id"] {
+        assert!(allow_headers.contains(needed), "{needed} in {allow_headers}");
+    }
+    assert!(h["access-control-allow-methods"].to_str().unwrap().contains("DELETE"));
+    // The real request: its answer names the origin and lets the page read the session id.
+    let opened = request(&server, reqwest::Method::POST).header("origin", "http://localhost:6274").json(&initialize());
+    let opened = opened.send().await.unwrap();
+    assert_eq!(opened.status(), StatusCode::OK);
+    assert_eq!(opened.headers()["access-control-allow-origin"], "http://localhost:6274");
+    let exposed = opened.headers()["access-control-expose-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(exposed.contains("mcp-session-id") && exposed.contains("www-authenticate"), "{exposed}");
+    // A foreign page gets nothing to go on.
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(!refused.headers().contains_key("access-control-allow-origin"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_wildcard_for_the_events_feed_does_not_open_mcp_to_every_page() {
+    let raw = voice_call_mcp::RawConfig { sse_cors_origin: Some("*".into()), ..Default::default() };
+    let server = TestServer::with(Setup { raw, ..Setup::default() }).await;
+    let preflight = |path: &str| {
+        reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, format!("{}{path}", server.base))
+            .header("origin", "https://dashboards.example")
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let feed = preflight("/events").await.unwrap();
+    assert_eq!(feed.headers()["access-control-allow-origin"], "*", "the feed is open to every page");
+    let mcp = preflight("/mcp").await.unwrap();
+    assert!(!mcp.headers().contains_key("access-control-allow-origin"), "{:?}", mcp.headers());
+    server.stop().await;
+}
