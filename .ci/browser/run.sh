@@ -5,6 +5,9 @@
 #   browser-dashboard    the built-in GET /dashboard: paste a token, follow a call to its end (screenshot),
 #                        let a short-lived token expire, give a new one, resume with lastEventId without
 #                        missing or repeating anything (dashboard.mjs)
+#   browser-mcp          an MCP client in a page on another loopback origin (http://localhost:PORT, as the
+#                        MCP Inspector in direct mode): preflighted fetches, a session read from
+#                        Mcp-Session-Id, tools/list, DELETE (mcp.mjs, mcp-page.html)
 #
 #   bash .ci/browser/run.sh [BINARY]      default BINARY: target/debug/voice-call-mcp (repo root)
 #
@@ -24,7 +27,7 @@ BIN=${1:-"$REPO/target/debug/voice-call-mcp"}
 # The server runs from an empty temp directory (no .env is read there), so the path must be absolute.
 [[ "$BIN" == /* ]] || BIN="$PWD/$BIN"
 CHROMIUM=/usr/bin/chromium
-CHECKS=(browser-eventsource browser-dashboard)
+CHECKS=(browser-eventsource browser-dashboard browser-mcp)
 
 log() { printf '[browser] %s\n' "$*"; }
 server_tail() {
@@ -146,6 +149,7 @@ run_check() {
 
 run_check browser-eventsource check.mjs 150
 run_check browser-dashboard dashboard.mjs 240
+run_check browser-mcp mcp.mjs 90
 (( failed == 0 )) || server_tail
 echo "$passed passed, $failed failed"
 (( failed == 0 ))
