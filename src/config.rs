@@ -107,6 +107,9 @@ pub struct RawConfig {
     /// At most this many events are kept [default: 1000000].
     #[arg(long, env = "EVENT_RETENTION_COUNT")]
     pub event_retention_count: Option<String>,
+    /// At most this many ended calls (with their transcripts) are kept [default: 100000].
+    #[arg(long, env = "CALL_RETENTION_COUNT")]
+    pub call_retention_count: Option<String>,
     /// Milliseconds between SSE heartbeat comments [default: 30000].
     #[arg(long, env = "SSE_HEARTBEAT_INTERVAL")]
     pub sse_heartbeat_interval: Option<String>,
@@ -210,6 +213,8 @@ pub struct StoreConfig {
     pub database_url: String,
     pub retention: Duration,
     pub retention_count: u64,
+    /// Ended calls kept (with their transcripts), newest first; older ones also go with the age limit.
+    pub call_retention_count: u64,
 }
 
 pub const JWT_ALGORITHMS: &[&str] =
@@ -493,6 +498,11 @@ impl RawConfig {
         let retention_days: u64 = c.parse("EVENT_RETENTION_DAYS", &self.event_retention_days, 30, "a number of days");
         let retention_count: u64 =
             c.parse("EVENT_RETENTION_COUNT", &self.event_retention_count, 1_000_000, "a whole number");
+        let call_retention_count: u64 =
+            c.parse("CALL_RETENTION_COUNT", &self.call_retention_count, 100_000, "a whole number");
+        if call_retention_count == 0 {
+            c.fail("CALL_RETENTION_COUNT", "must be at least 1");
+        }
         if retention_days == 0 || retention_count == 0 {
             c.fail(
                 if retention_days == 0 { "EVENT_RETENTION_DAYS" } else { "EVENT_RETENTION_COUNT" },
@@ -568,6 +578,7 @@ impl RawConfig {
                 database_url,
                 retention: Duration::from_secs(retention_days * 86_400),
                 retention_count,
+                call_retention_count,
             },
             sse: SseConfig {
                 heartbeat: Duration::from_millis(heartbeat_ms),
@@ -836,6 +847,7 @@ mod tests {
             worker_threads: Some("0".into()),
             worker_cpu_affinity: Some("0,1".into()),
             twilio_timeout_secs: Some("0".into()),
+            call_retention_count: Some("0".into()),
             ..live()
         };
         let errors = raw.validate().unwrap_err();
@@ -850,6 +862,7 @@ mod tests {
             "WORKER_THREADS",
             "WORKER_CPU_AFFINITY",
             "TWILIO_TIMEOUT_SECS",
+            "CALL_RETENTION_COUNT",
         ] {
             assert!(named.contains(&s), "{s} not named in {errors:?}");
         }

@@ -215,6 +215,10 @@ impl Call {
                     if status.is_terminal() {
                         self.ended_at = Some(at);
                     }
+                } else if status == CallStatus::InProgress && self.answered_at.is_none() {
+                    // Overtaken by the ending that came after it: the call was still answered, then.
+                    self.answered_at = Some(at);
+                    applied.detail = true;
                 }
                 // Details may ride on a callback whose status is already known (e.g. a late `completed`
                 // duplicate carrying CallDuration after a REST hang-up already ended the call).

@@ -126,7 +126,11 @@ impl SqliteStore {
             .map_err(opened)?;
 
         let (queue, rx) = mpsc::unbounded_channel();
-        let retention = Retention { max_age: config.retention, max_count: config.retention_count };
+        let retention = Retention {
+            max_age: config.retention,
+            max_count: config.retention_count,
+            max_calls: config.call_retention_count,
+        };
         let writer = Writer::new(conn, rx, retention);
         let writer = std::thread::Builder::new()
             .name("store-writer".into())

@@ -39,7 +39,12 @@ impl Drop for TempDir {
 }
 
 fn config(url: &str) -> StoreConfig {
-    StoreConfig { database_url: url.into(), retention: Duration::from_secs(30 * 86_400), retention_count: 1_000_000 }
+    StoreConfig {
+        database_url: url.into(),
+        retention: Duration::from_secs(30 * 86_400),
+        retention_count: 1_000_000,
+        call_retention_count: 100_000,
+    }
 }
 
 fn event(id: u64) -> StoredEvent {
@@ -52,8 +57,12 @@ fn event(id: u64) -> StoredEvent {
     }
 }
 
+/// Calls are created a day before the tests run (within the age limit), a second apart per `created_secs`.
+static CREATED: std::sync::LazyLock<OffsetDateTime> =
+    std::sync::LazyLock::new(|| OffsetDateTime::now_utc() - time::Duration::days(1));
+
 fn call(sid: &str, data: &str, created_secs: i64) -> StoredCall {
-    let created_at = OffsetDateTime::from_unix_timestamp(1_700_000_000 + created_secs).unwrap();
+    let created_at = *CREATED + time::Duration::seconds(created_secs);
     StoredCall { call_sid: sid.into(), data: data.into(), created_at, updated_at: OffsetDateTime::now_utc() }
 }
 
@@ -169,6 +178,37 @@ async fn retention_keeps_the_newest_by_count() {
     store.run_retention_now().await;
     assert_eq!(ids(&store.events_after(0, 100).await.unwrap()), [8, 9, 10]);
     assert_eq!(store.oldest_event_id().await.unwrap(), Some(8));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn retention_keeps_the_newest_ended_calls_with_their_lines_and_every_live_call() {
+    let store = SqliteStore::open(&StoreConfig { call_retention_count: 2, ..config("sqlite::memory:") }).unwrap();
+    let ended = r#"{"status":"completed"}"#;
+    // Oldest first: an old call still live, four ended ones, each with two lines.
+    store.save_call(call("CAlive", r#"{"status":"in-progress"}"#, 1));
+    for (n, sid) in ["CA1", "CA2", "CA3", "CA4"].into_iter().enumerate() {
+        store.save_call(call(sid, ended, 10 + n as i64));
+        store.append_line(line(sid, 0));
+        store.append_line(line(sid, 1));
+    }
+    store.run_retention_now().await;
+    let calls: Vec<_> = store.load_calls(10).await.unwrap().into_iter().map(|c| c.call_sid).collect();
+    assert_eq!(calls, ["CA4", "CA3", "CAlive"], "the 2 newest ended calls, and the live one however old");
+    let lines: Vec<_> = store.load_lines(10).await.unwrap().into_iter().map(|l| (l.call_sid, l.index)).collect();
+    let kept = |sid: &str| [(sid.to_owned(), 0), (sid.to_owned(), 1)];
+    assert_eq!(lines, [kept("CA3"), kept("CA4")].concat(), "no line outlives its call");
+    store.close().await;
+
+    // By age: ended calls older than the limit go, whatever the count.
+    let aged = StoreConfig { retention: Duration::from_nanos(1), ..config("sqlite::memory:") };
+    let store = SqliteStore::open(&aged).unwrap();
+    store.flush().await;
+    store.save_call(call("CAold", ended, 5));
+    store.save_call(call("CAlive", r#"{"status":"ringing"}"#, 5));
+    store.run_retention_now().await;
+    let calls: Vec<_> = store.load_calls(10).await.unwrap().into_iter().map(|c| c.call_sid).collect();
+    assert_eq!(calls, ["CAlive"]);
     store.close().await;
 }
 

@@ -47,6 +47,8 @@ pub(super) enum Op {
 pub(super) struct Retention {
     pub(super) max_age: Duration,
     pub(super) max_count: u64,
+    /// Ended calls kept, newest first (with their transcripts); the age limit applies to them too.
+    pub(super) max_calls: u64,
 }
 
 #[derive(Debug)]
@@ -190,8 +192,54 @@ fn skip_bad_row(row: rusqlite::Result<usize>, errors: &mut ErrorLog, what: &str)
     }
 }
 
-/// Applies retention as of `now`; returns how many events were deleted.
+/// Applies retention as of `now` — events, and ended calls with their transcripts, older than the
+/// maximum age or beyond their maximum count, oldest first; calls still live are never deleted, however
+/// old. Returns how many events and calls were deleted.
 fn retain(conn: &Connection, retention: Retention, now: OffsetDateTime) -> rusqlite::Result<usize> {
+    Ok(retain_events(conn, retention, now)? + retain_calls(conn, retention, now)?)
+}
+
+/// A call that has ended, in SQL over its record's JSON.
+const ENDED: &str = "json_extract(data, '$.status') IN ('completed', 'busy', 'failed', 'no-answer', 'canceled')";
+/// Calls deleted per transaction, each with its transcript lines.
+const CALL_CHUNK: i64 = 500;
+
+fn retain_calls(conn: &Connection, retention: Retention, now: OffsetDateTime) -> rusqlite::Result<usize> {
+    let age_ns = i128::try_from(retention.max_age.as_nanos()).unwrap_or(i128::MAX);
+    let cutoff = i64::try_from(i128::from(to_ns(now)).saturating_sub(age_ns)).unwrap_or(i64::MIN);
+    // The creation time of the newest ended call past the count: it and every older ended call go.
+    let offset = i64::try_from(retention.max_calls).unwrap_or(i64::MAX);
+    let past_count: Option<i64> = conn
+        .query_row(
+            &format!("SELECT created_at_ns FROM calls WHERE {ENDED} ORDER BY created_at_ns DESC LIMIT 1 OFFSET ?1"),
+            [offset],
+            |r| r.get(0),
+        )
+        .map(Some)
+        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+    // Delete what was created before this (exclusive).
+    let before = past_count.map_or(cutoff, |t| cutoff.max(t.saturating_add(1)));
+    let mut deleted = 0;
+    loop {
+        let sids: Vec<String> = conn
+            .prepare_cached(&format!("SELECT call_sid FROM calls WHERE created_at_ns < ?1 AND {ENDED} LIMIT ?2"))?
+            .query_map([before, CALL_CHUNK], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if sids.is_empty() {
+            return Ok(deleted);
+        }
+        // A call and its lines go together, so no line outlives its call.
+        let tx = conn.unchecked_transaction()?;
+        for sid in &sids {
+            tx.prepare_cached("DELETE FROM transcript_lines WHERE call_sid = ?1")?.execute([sid])?;
+            tx.prepare_cached("DELETE FROM calls WHERE call_sid = ?1")?.execute([sid])?;
+        }
+        tx.commit()?;
+        deleted += sids.len();
+    }
+}
+
+fn retain_events(conn: &Connection, retention: Retention, now: OffsetDateTime) -> rusqlite::Result<usize> {
     let mut deleted = 0;
     let age_ns = i128::try_from(retention.max_age.as_nanos()).unwrap_or(i128::MAX);
     let cutoff = i128::from(to_ns(now)).saturating_sub(age_ns);
@@ -295,11 +343,11 @@ mod tests {
         let old = now - time::Duration::days(10);
         let events = (1..=10).map(|id| event(id, if id <= 3 { old } else { now })).collect();
         write(&mut conn, &mut ErrorLog::default(), &Batch { events, ..Batch::default() }).unwrap();
-        let week = Retention { max_age: Duration::from_secs(7 * 86_400), max_count: 5 };
+        let week = Retention { max_age: Duration::from_secs(7 * 86_400), max_count: 5, max_calls: 10 };
         assert_eq!(retain(&conn, week, now).unwrap(), 5);
         assert_eq!(ids(&conn), [6, 7, 8, 9, 10]);
         // Far-out settings neither overflow nor delete anything.
-        let forever = Retention { max_age: Duration::MAX, max_count: u64::MAX };
+        let forever = Retention { max_age: Duration::MAX, max_count: u64::MAX, max_calls: u64::MAX };
         assert_eq!(retain(&conn, forever, now).unwrap(), 0);
     }
 
