@@ -80,6 +80,9 @@ pub async fn start(config: &mut Config, port: u16) -> std::io::Result<Simulators
     config.twilio.auth = crate::config::TwilioAuth::AuthToken;
     config.twilio.api_base = url::Url::parse(&sim.base_url()).map_err(std::io::Error::other)?;
     let token = if made_up_key { sandbox_token(config) } else { None };
+    // Tests read what the simulators saw; sandbox mode never does, so it keeps no log.
+    sim.discard_log();
+    realtime.discard_log();
     Ok(Simulators { twilio: sim, realtime, token })
 }
 

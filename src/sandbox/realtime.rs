@@ -149,6 +149,15 @@ impl RealtimeSimulator {
         let _ = self.shared.control.send(Control::Error { code: code.to_owned(), message: message.to_owned() });
     }
 
+    /// Stops keeping the log of what the simulator saw (see [`Self::next_event`]): for sandbox mode, where
+    /// nobody reads it, and an unread log would grow with every call for as long as the server runs.
+    pub fn discard_log(&self) {
+        if let Ok(mut log) = self.events.try_lock() {
+            log.close();
+            while log.try_recv().is_ok() {}
+        }
+    }
+
     /// The next `times` handshakes fail with `fault`: a status refuses the upgrade with OpenAI's error
     /// body (429: rate limited, 5xx: a server error); a hang never answers.
     pub fn inject(&self, times: usize, fault: Fault) {

@@ -338,6 +338,15 @@ impl TwilioSimulator {
         self.requests.try_lock().ok()?.try_recv().ok()
     }
 
+    /// Stops keeping the log of what the simulator saw (see [`Self::next_request`]): for sandbox mode,
+    /// where nobody reads it, and an unread log would grow with every call for as long as the server runs.
+    pub fn discard_log(&self) {
+        if let Ok(mut log) = self.requests.try_lock() {
+            log.close();
+            while log.try_recv().is_ok() {}
+        }
+    }
+
     /// The next `times` REST requests (any of them: create, update, fetch) fail with `fault`: a bad
     /// moment of Twilio's, after which it behaves again.
     pub fn inject(&self, times: usize, fault: Fault) {
@@ -401,7 +410,11 @@ async fn create_call(
         redirect: redirect.clone(),
     };
     let body = sim.call_json(&plan.sid, &state);
-    sim.lock().insert(plan.sid.clone(), state);
+    {
+        let mut calls = sim.lock();
+        forget_old_calls(&mut calls);
+        calls.insert(plan.sid.clone(), state);
+    }
     sim.record(SimRequest::CreateCall { call_sid: plan.sid.clone(), form, auth });
     let script = Script { sim: Arc::clone(&sim), plan, hangup, redirect, seq: 0, held: None };
     sim.tracker.spawn(script.play());
@@ -801,6 +814,22 @@ impl Plan {
     }
 }
 
+/// Ended calls the simulator still answers `GET` for; the oldest are forgotten past this (Twilio keeps
+/// them for good, but a sandbox that runs for weeks must not grow with every call).
+const KEPT_ENDED_CALLS: usize = 1_000;
+
+fn forget_old_calls(calls: &mut HashMap<String, CallState>) {
+    let ended = calls.values().filter(|c| c.ended.is_some()).count();
+    if ended <= KEPT_ENDED_CALLS {
+        return;
+    }
+    let mut ends: Vec<Instant> = calls.values().filter_map(|c| c.ended.as_ref().map(|(at, _)| *at)).collect();
+    ends.sort_unstable();
+    // Keep the newest half of the allowance, so this runs once per few hundred calls, not on each one.
+    let cutoff = ends[ended - KEPT_ENDED_CALLS / 2];
+    calls.retain(|_, c| c.ended.as_ref().is_none_or(|(at, _)| *at >= cutoff));
+}
+
 /// The first non-empty value of a form field: Twilio treats `To=` as missing.
 fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
     form.iter().find(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v.as_str())
@@ -905,6 +934,36 @@ mod tests {
         form.push(("StatusCallback", callback));
         form.extend(["initiated", "ringing", "answered", "completed"].map(|e| ("StatusCallbackEvent", e)));
         form
+    }
+
+    #[tokio::test]
+    async fn a_simulator_nobody_reads_keeps_no_log_and_forgets_old_calls() {
+        let (base, mut hooks) = receiver().await;
+        let sim = simulator(Some(Duration::from_millis(5))).await;
+        sim.discard_log();
+        let (status, _) = rest(&sim, "Calls.json", OURS, &call_form("+14155550100", &format!("{base}/s"))).await;
+        assert_eq!(status, 201);
+        // The call plays out (its callbacks arrive) and nothing of it is kept for a reader that never comes.
+        while next_hook(&mut hooks).await.0 != "completed#3" {}
+        assert!(sim.next_request().await.is_none(), "the log is closed and empty");
+
+        let ended = |n: u64| CallState {
+            to: String::new(),
+            from: String::new(),
+            created: String::new(),
+            status: "completed",
+            answered_by: None,
+            answered: None,
+            ended: Some((Instant::now() + Duration::from_millis(n), String::new())),
+            hangup: CancellationToken::new(),
+            redirect: CancellationToken::new(),
+        };
+        let mut calls: HashMap<String, CallState> = (0..1_500).map(|n| (format!("CA{n}"), ended(n))).collect();
+        calls.insert("CAlive".into(), CallState { ended: None, ..ended(0) });
+        forget_old_calls(&mut calls);
+        assert!(calls.len() <= KEPT_ENDED_CALLS, "{}", calls.len());
+        assert!(calls.contains_key("CAlive") && calls.contains_key("CA1499"), "live and newest kept");
+        assert!(!calls.contains_key("CA0"), "oldest forgotten");
     }
 
     #[tokio::test]
