@@ -36,6 +36,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,9 @@ const API_VERSION: &str = "2010-04-01";
 type Params = Vec<(String, String)>;
 /// Twilio gives up on a webhook after 15 s; loopback receivers answer in milliseconds.
 const CALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Calls kept for `GET …/Calls/{sid}`. Past this many, the ended ones are forgotten (a GET then gets
+/// Twilio's 404, as for a call whose record is gone), so a long sandbox run does not keep every call.
+const KEPT_CALLS: usize = 10_000;
 
 /// How the simulator behaves; the credentials are the ones the server under test is given.
 #[derive(Clone)]
@@ -223,6 +227,8 @@ struct Shared {
     // std Mutex: only held for short map updates, never across an await.
     calls: Mutex<HashMap<String, CallState>>,
     events: mpsc::UnboundedSender<SimRequest>,
+    /// Cleared by [`TwilioSimulator::stop_recording`]: nothing more is queued for `next_request`.
+    recording: AtomicBool,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -297,6 +303,7 @@ impl TwilioSimulator {
             http,
             calls: Mutex::new(HashMap::new()),
             events,
+            recording: AtomicBool::new(true),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
@@ -327,6 +334,16 @@ impl TwilioSimulator {
     /// Like `next_request` without waiting; `None` also while another task awaits `next_request`.
     pub fn try_next_request(&self) -> Option<SimRequest> {
         self.requests.try_lock().ok()?.try_recv().ok()
+    }
+
+    /// Records nothing more, and drops what is queued: for a simulator whose requests nobody reads
+    /// (sandbox mode), which would otherwise keep every request of every call (each call's form and
+    /// TwiML, each callback) for the life of the process.
+    pub fn stop_recording(&self) {
+        self.shared.recording.store(false, Ordering::Relaxed);
+        if let Ok(mut queue) = self.requests.try_lock() {
+            while queue.try_recv().is_ok() {}
+        }
     }
 
     /// Stops the listener and every call in progress, and waits for them all.
@@ -382,7 +399,13 @@ async fn create_call(
         redirect: redirect.clone(),
     };
     let body = sim.call_json(&plan.sid, &state);
-    sim.lock().insert(plan.sid.clone(), state);
+    {
+        let mut calls = sim.lock();
+        if calls.len() >= KEPT_CALLS {
+            calls.retain(|_, c| c.ended.is_none());
+        }
+        calls.insert(plan.sid.clone(), state);
+    }
     sim.record(SimRequest::CreateCall { call_sid: plan.sid.clone(), form, auth });
     let script = Script { sim: Arc::clone(&sim), plan, hangup, redirect, seq: 0, held: None };
     sim.tracker.spawn(script.play());
@@ -470,7 +493,10 @@ impl Shared {
     }
 
     fn record(&self, request: SimRequest) {
-        // Nobody listening (receiver dropped) is fine: sandbox mode never reads the log.
+        if !self.recording.load(Ordering::Relaxed) {
+            return;
+        }
+        // Nobody listening (receiver dropped) is fine.
         let _ = self.events.send(request);
     }
 
@@ -838,6 +864,26 @@ mod tests {
         form.push(("StatusCallback", callback));
         form.extend(["initiated", "ringing", "answered", "completed"].map(|e| ("StatusCallbackEvent", e)));
         form
+    }
+
+    #[tokio::test]
+    async fn a_simulator_that_stopped_recording_keeps_nothing_of_its_calls() {
+        let (base, mut hooks) = receiver().await;
+        let sim = simulator(Some(Duration::from_millis(20))).await;
+        let (status, _) = rest(&sim, "Calls.json", OURS, &call_form("+14155550100", &format!("{base}/status"))).await;
+        assert_eq!(status, 201);
+        assert!(matches!(next_request(&sim).await, SimRequest::CreateCall { .. }));
+        sim.stop_recording();
+        let (status, _) = rest(&sim, "Calls.json", OURS, &call_form("+14155550101", &format!("{base}/status"))).await;
+        assert_eq!(status, 201);
+        // Both calls play out (their webhooks arrive), and nothing of them is queued for `next_request`.
+        let mut completed = 0;
+        while completed < 2 {
+            if next_hook(&mut hooks).await.0.starts_with("completed") {
+                completed += 1;
+            }
+        }
+        assert!(sim.try_next_request().is_none());
     }
 
     #[tokio::test]
