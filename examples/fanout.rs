@@ -47,22 +47,25 @@
 
 #[path = "support/process.rs"]
 mod process;
+#[path = "support/sse.rs"]
+mod sse;
 #[path = "support/stamp.rs"]
 mod stamp;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Parser;
 use process::{
-    ServerProcess, clean_command, clock_ticks, free_port, open_file_limit, page_size, system_ticks, warn_if_stale,
+    ServerProcess, clean_command, clock_ticks, free_port, open_file_limit, page_size, system_ticks, wait_healthy,
 };
+use sse::{Dechunker, SseParser};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use voice_call_mcp::auth::{self, Claims};
+use voice_call_mcp::auth;
 use voice_call_mcp::events::CallEvent;
 use voice_call_mcp::runtime;
 use voice_call_mcp::{AppState, RawConfig};
@@ -201,14 +204,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&args, &client_rt) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    process::exit_code(run(&args, &client_rt))
 }
 
 fn run(args: &Args, client_rt: &tokio::runtime::Runtime) -> Result<bool> {
@@ -267,47 +263,6 @@ fn run(args: &Args, client_rt: &tokio::runtime::Runtime) -> Result<bool> {
 // ---------------------------------------------------------------------------------------------------
 // Subscribers
 // ---------------------------------------------------------------------------------------------------
-
-/// One event as the parser saw it: its `id:` (if any) and its `event:` name.
-#[derive(Debug)]
-struct Frame<'a> {
-    id: Option<u64>,
-    kind: &'a str,
-}
-
-/// An incremental SSE parser: bytes in, complete events out (comments and `retry:` ignored).
-#[derive(Debug, Default)]
-struct SseParser {
-    buf: Vec<u8>,
-}
-
-impl SseParser {
-    fn feed(&mut self, bytes: &[u8], mut on_event: impl FnMut(Frame<'_>)) {
-        self.buf.extend_from_slice(bytes);
-        let mut start = 0;
-        while let Some(end) = self.buf[start..].windows(2).position(|w| w == b"\n\n").map(|p| start + p) {
-            let block = &self.buf[start..end];
-            let mut frame = Frame { id: None, kind: "message" };
-            let mut any = false;
-            for line in block.split(|&b| b == b'\n') {
-                if let Some(v) = line.strip_prefix(b"id: ") {
-                    frame.id = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
-                    any = true;
-                } else if let Some(v) = line.strip_prefix(b"event: ") {
-                    frame.kind = std::str::from_utf8(v).unwrap_or("?");
-                    any = true;
-                } else if line.starts_with(b"data:") {
-                    any = true;
-                }
-            }
-            if any {
-                on_event(frame);
-            }
-            start = end + 2;
-        }
-        self.buf.drain(..start);
-    }
-}
 
 /// What one subscriber saw.
 #[derive(Debug, Default)]
@@ -426,39 +381,13 @@ async fn raw_subscriber(
     stop: CancellationToken,
     record: usize,
 ) -> SubResult {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt as _;
     let mut result =
         SubResult { events: Vec::with_capacity(record), in_socket: Vec::with_capacity(record), dropped: None };
     let Ok(permit) = permits.acquire_owned().await else { return result };
     let authority = url.trim_start_matches("http://").split('/').next().unwrap_or_default().to_owned();
-    let open = async {
-        let mut tcp = tokio::net::TcpStream::connect(&authority).await.map_err(|e| e.to_string())?;
-        let request = format!(
-            "GET /events HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
-        );
-        tcp.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-        let mut head = Vec::with_capacity(1024);
-        let mut buf = vec![0u8; 8192];
-        let body_start = loop {
-            let n = tcp.read(&mut buf).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("closed before the response head".to_owned());
-            }
-            head.extend_from_slice(&buf[..n]);
-            if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                break end + 4;
-            }
-        };
-        let status = String::from_utf8_lossy(&head[..head.iter().position(|&b| b == b'\r').unwrap_or(0)]).into_owned();
-        if !status.starts_with("HTTP/1.1 200") {
-            return Err(status);
-        }
-        if !String::from_utf8_lossy(&head[..body_start]).to_ascii_lowercase().contains("transfer-encoding: chunked") {
-            return Err("the stream is not chunked".to_owned());
-        }
-        Ok((tcp, head.split_off(body_start), buf))
-    };
-    let Some((mut tcp, first, mut buf)) = within_open_timeout(open, &opened).await else {
+    let open = sse::open_raw(&authority, "/events", &token, None);
+    let Some(sse::RawStream { mut tcp, first, mut buf }) = within_open_timeout(open, &opened).await else {
         return result;
     };
     let mut chunks = Dechunker::default();
@@ -539,55 +468,6 @@ async fn read_stamped(
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             other => return other,
         }
-    }
-}
-
-/// HTTP/1.1 chunked transfer coding, decoded incrementally: `size-in-hex CRLF data CRLF`, until size 0.
-#[derive(Debug, Default)]
-struct Dechunker {
-    /// Data bytes left in the current chunk.
-    left: usize,
-    /// The CRLF after the current chunk's data is still to come.
-    trailing_crlf: bool,
-    /// A size line not yet complete.
-    line: Vec<u8>,
-}
-
-impl Dechunker {
-    /// Appends the data in `bytes` to `out`; true once the last (empty) chunk has been read.
-    fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<u8>) -> bool {
-        while !bytes.is_empty() {
-            if self.left > 0 {
-                let n = self.left.min(bytes.len());
-                out.extend_from_slice(&bytes[..n]);
-                self.left -= n;
-                bytes = &bytes[n..];
-                continue;
-            }
-            // Between chunks: the CRLF ending the last one, then a size line.
-            let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
-                self.line.extend_from_slice(bytes);
-                return false;
-            };
-            self.line.extend_from_slice(&bytes[..nl]);
-            bytes = &bytes[nl + 1..];
-            let line = std::mem::take(&mut self.line);
-            let line = std::str::from_utf8(&line).unwrap_or("").trim();
-            if self.trailing_crlf {
-                self.trailing_crlf = false;
-                if line.is_empty() {
-                    continue;
-                }
-            }
-            match usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16) {
-                Ok(0) | Err(_) => return true,
-                Ok(size) => {
-                    self.left = size;
-                    self.trailing_crlf = true;
-                }
-            }
-        }
-        false
     }
 }
 
@@ -763,18 +643,7 @@ fn http_client() -> Result<reqwest::Client> {
 }
 
 fn mint_token() -> Result<String> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let claims = Claims {
-        sub: "fanout-benchmark".into(),
-        exp: now + 3600,
-        iat: Some(now),
-        nbf: None,
-        iss: None,
-        aud: Some(AUDIENCE.into()),
-        scope: auth::SCOPE_EVENTS_READ.into(),
-        calls: None,
-    };
-    auth::mint(SECRET, "HS256", &claims).map_err(|e| anyhow!("minting the token: {e}"))
+    process::mint_token(SECRET, "fanout-benchmark", AUDIENCE, auth::SCOPE_EVENTS_READ, Duration::from_secs(3600))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -842,14 +711,7 @@ struct Snapshot {
 impl Snapshot {
     fn take(pid: u32, port: u16) -> Result<Self> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the server's status")?;
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
+        let field = |name: &str| process::status_field(&status, name).unwrap_or(0);
         let (tcp_inuse, tcp_mem_pages) = tcp_sockstat()?;
         Ok(Self {
             rss_kib: field("VmRSS:"),
@@ -867,29 +729,15 @@ async fn run_idle(args: &Args, subs: usize) -> Result<IdleReport> {
     if subs == 0 {
         bail!("--idle must be at least 1");
     }
-    let bin = args
-        .server_bin
-        .clone()
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/voice-call-mcp"));
-    if !bin.is_file() {
-        bail!("the server binary {} is missing: build it first with `cargo build --release`", bin.display());
-    }
-    warn_if_stale(&bin);
+    let bin = process::server_binary(args.server_bin.as_deref())?;
     // Each process holds one descriptor per stream, plus its own.
-    let needed = subs as u64 + 128;
-    if let Some(limit) = open_file_limit()
-        && limit < needed
-    {
-        bail!(
-            "the open-file limit ({limit}) is below the ~{needed} descriptors {subs} streams need: raise `ulimit -n`"
-        );
-    }
+    process::ensure_open_files(subs as u64 + 128, &format!("{subs} streams"))?;
     let port = free_port()?;
     let log = std::env::temp_dir().join(format!("fanout-server-{port}.log"));
     let server = spawn_server(&bin, port, &log, subs, &args.server_env)?;
     let pid = server.pid();
     let base = format!("http://127.0.0.1:{port}");
-    wait_healthy(&base, &server).await?;
+    wait_healthy(&base, &server, Duration::from_secs(20)).await?;
     let what = match args.idle_kind {
         IdleKind::Sse => "SSE streams",
         IdleKind::Http => "keep-alive HTTP connections after one GET /healthz (not streams: a comparison)",
@@ -1051,14 +899,7 @@ fn run_latency(args: &Args, subs: usize, client_rt: &tokio::runtime::Runtime) ->
     if subs == 0 {
         bail!("--subscribers must be at least 1");
     }
-    let needed = 2 * subs as u64 + 128;
-    if let Some(limit) = open_file_limit()
-        && limit < needed
-    {
-        bail!(
-            "the open-file limit ({limit}) is below the ~{needed} descriptors {subs} subscribers need in one process"
-        );
-    }
+    process::ensure_open_files(2 * subs as u64 + 128, &format!("{subs} subscribers in one process"))?;
     let server_threads = args.server_threads.unwrap_or_else(runtime::default_worker_threads).max(1);
     // Built as the binary builds its own, so the workers are placed as they are in production.
     let (server_rt, placement) = runtime::build(
@@ -1367,24 +1208,6 @@ fn spawn_server(bin: &Path, port: u16, log: &Path, subs: usize, extra_env: &[Str
     ServerProcess::start(cmd, log)
 }
 
-async fn wait_healthy(base: &str, server: &ServerProcess) -> Result<()> {
-    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let alive = || Path::new(&format!("/proc/{}", server.pid())).exists();
-    while Instant::now() < deadline {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
-            && r.status().is_success()
-        {
-            return Ok(());
-        }
-        if !alive() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("the server did not become healthy; its log ({}) ends:\n{}", server.log.display(), server.log_tail())
-}
-
 // ---------------------------------------------------------------------------------------------------
 // /proc and friends
 // ---------------------------------------------------------------------------------------------------
@@ -1436,15 +1259,7 @@ fn ss_server_sockets(port: u16) -> Option<(u64, u64)> {
 }
 
 fn self_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    std::fs::read_to_string("/proc/self/status").ok().and_then(|s| process::status_field(&s, "VmRSS:")).unwrap_or(0)
 }
 
 /// This process's CPU (clock ticks) by thread group: the server's runtime and store writer, the clients'

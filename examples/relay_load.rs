@@ -50,6 +50,8 @@
 //! Exit status: 0 when every frame arrived in order on the right call, 1 when anything was lost,
 //! reordered or misrouted, 2 when the run could not be set up.
 
+#[path = "support/mcp.rs"]
+mod mcp;
 #[path = "support/process.rs"]
 mod process;
 #[path = "support/stamp.rs"]
@@ -65,11 +67,7 @@ use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use process::{
     ServerProcess, clean_command, clock_ticks, free_port, open_file_limit, proc_cpu_ticks, rss_kib, system_ticks,
-    warn_if_stale,
 };
-use rmcp::model::{CallToolRequestParams, ClientConfig, ProtocolVersion};
-use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
-use rmcp::transport::StreamableHttpClientTransport;
 use serde_json::json;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -174,14 +172,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run_all(&args)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    process::exit_code(runtime.block_on(run_all(&args)))
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -233,14 +224,7 @@ async fn run_all(args: &Args) -> Result<bool> {
     if args.calls == 0 || args.seconds == 0 {
         bail!("--calls and --seconds must be at least 1");
     }
-    let bin = args
-        .server_bin
-        .clone()
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/voice-call-mcp"));
-    if !bin.is_file() {
-        bail!("the server binary {} is missing: build it first with `cargo build --release`", bin.display());
-    }
-    warn_if_stale(&bin);
+    let bin = process::server_binary(args.server_bin.as_deref())?;
     let fds = open_file_limit();
     // Server: 2 sockets per call; this process: 2 per call plus the stub's.
     let needed = u64::from(args.calls) * 2 + 64;
@@ -1061,27 +1045,21 @@ fn spawn_server(args: &Args, bin: &Path, ports: (u16, u16, u16), log: &Path) -> 
 }
 
 async fn wait_healthy(base: &str, server: &ServerProcess, floor: bool) -> Result<()> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    if !floor {
+        return process::wait_healthy(base, server, Duration::from_secs(15)).await;
+    }
+    // The minimal relay speaks WebSocket only: a TCP connect will do.
     let deadline = Instant::now() + Duration::from_secs(15);
-    // `alive` needs &mut; a look at /proc does here.
-    let server_alive = || Path::new(&format!("/proc/{}", server.pid())).exists();
     while Instant::now() < deadline {
-        if floor {
-            // The minimal relay speaks WebSocket only: a TCP connect will do.
-            if TcpStream::connect(base.trim_start_matches("http://")).await.is_ok() {
-                return Ok(());
-            }
-        } else if let Ok(r) = http.get(format!("{base}/healthz")).send().await
-            && r.status().is_success()
-        {
+        if TcpStream::connect(base.trim_start_matches("http://")).await.is_ok() {
             return Ok(());
         }
-        if !server_alive() {
+        if !Path::new(&format!("/proc/{}", server.pid())).exists() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("the server did not become healthy; its log ({}) ends:\n{}", server.log.display(), server.log_tail())
+    bail!("the relay did not start listening; its log ({}) ends:\n{}", server.log.display(), server.log_tail())
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1156,51 +1134,23 @@ const JWT_SECRET: &str = "relay-load-benchmark-secret-0123456789abcdef";
 
 /// A `calls:write calls:read` token for the server at `base` (audience: its `/mcp` URL).
 fn mcp_token(base: &str) -> Result<String> {
-    use voice_call_mcp::auth::{self, Claims};
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    let claims = Claims {
-        sub: "relay-load".into(),
-        exp: now + 86_400,
-        iat: Some(now),
-        nbf: None,
-        iss: None,
-        aud: Some(format!("{base}/mcp").into()),
-        scope: "calls:write calls:read".into(),
-        calls: None,
-    };
-    auth::mint(JWT_SECRET, "HS256", &claims).map_err(|e| anyhow!("minting the MCP token: {e}"))
+    let audience = format!("{base}/mcp");
+    process::mint_token(JWT_SECRET, "relay-load", &audience, "calls:write calls:read", Duration::from_secs(86_400))
 }
 
 async fn place_calls(base: &str, n: u32) -> Result<Vec<String>> {
-    let config =
-        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
-            .auth_header(mcp_token(base)?);
-    let transport = StreamableHttpClientTransport::from_config(config);
-    let lifecycle = ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] };
-    let client =
-        tokio::time::timeout(CONNECT_TIMEOUT, ClientConfig::default().serve_with_lifecycle(transport, lifecycle))
-            .await
-            .map_err(|_| anyhow!("MCP client: no answer from {base}/mcp"))?
-            .map_err(|e| anyhow!("MCP client: {e}"))?;
-    let mcp = &client;
+    let service = mcp::connect(base, mcp_token(base)?, CONNECT_TIMEOUT).await?;
+    let client = &service;
     let placed = futures::stream::iter((0..n).map(|i| async move {
         let args = json!({"toNumber": format!("+1415555{:04}", 1000 + i), "callContext": format!("{CONTEXT_MARK}{i} (load test)")});
-        let args = args.as_object().cloned().unwrap_or_default();
-        let request = CallToolRequestParams::new("trigger-call").with_arguments(args);
-        let result = tokio::time::timeout(Duration::from_secs(20), mcp.call_tool(request))
+        let placed = mcp::call(client, "trigger-call", args, Duration::from_secs(20))
             .await
-            .map_err(|_| anyhow!("trigger-call #{i} timed out"))?
-            .map_err(|e| anyhow!("trigger-call #{i}: {e}"))?;
-        if result.is_error == Some(true) {
-            bail!("trigger-call #{i} failed: {:?}", result.content);
-        }
-        let sid = result
-            .structured_content
-            .as_ref()
-            .and_then(|v| v.get("callSid"))
+            .with_context(|| format!("trigger-call #{i}"))?;
+        let sid = placed
+            .get("callSid")
             .and_then(|v| v.as_str())
             .ok_or_else(|| anyhow!("trigger-call #{i}: no callSid in the result"))?;
-        Ok((i, sid.to_owned()))
+        anyhow::Ok((i, sid.to_owned()))
     }))
     .buffer_unordered(16)
     .collect::<Vec<_>>()
@@ -1210,7 +1160,7 @@ async fn place_calls(base: &str, n: u32) -> Result<Vec<String>> {
         let (i, sid) = p?;
         sids[i as usize] = sid;
     }
-    let _ = client.cancel().await;
+    let _ = service.cancel().await;
     Ok(sids)
 }
 

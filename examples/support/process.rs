@@ -104,12 +104,16 @@ pub(crate) fn system_ticks() -> Result<(u64, u64)> {
 
 pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status_field(&status, "VmRSS:").ok_or_else(|| anyhow!("no VmRSS for {pid}"))
+}
+
+/// A number from /proc/PID/status text: `name` with its colon (`"VmRSS:"`, in KiB; `"Threads:"`).
+pub(crate) fn status_field(status: &str, name: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
 }
 
 fn getconf(name: &str, default: u64) -> u64 {
@@ -158,4 +162,89 @@ pub(crate) fn idle_current_thread() -> Result<()> {
         return Err(anyhow!("chrt --idle -p 0 {tid}: {status}"));
     }
     Ok(())
+}
+
+/// Waits until `GET {base}/healthz` answers 200, for at most `within`; fails at once, with the end of the
+/// server's log, if the server exits first.
+pub(crate) async fn wait_healthy(base: &str, server: &ServerProcess, within: std::time::Duration) -> Result<()> {
+    let http = reqwest::Client::builder().no_proxy().timeout(std::time::Duration::from_secs(2)).build()?;
+    let deadline = std::time::Instant::now() + within;
+    // `alive` needs &mut; a look at /proc does here.
+    let alive = || Path::new(&format!("/proc/{}", server.pid())).exists();
+    while std::time::Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if !alive() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Err(anyhow!("the server did not become healthy; its log ({}) ends:\n{}", server.log.display(), server.log_tail()))
+}
+
+/// A token the server under test accepts: HS256 with its `JWT_SECRET`, for `audience` (its
+/// `JWT_AUDIENCE`, or `PUBLIC_URL/mcp`), carrying `scope` (space-separated), valid for `ttl`.
+pub(crate) fn mint_token(
+    secret: &str,
+    subject: &str,
+    audience: &str,
+    scope: &str,
+    ttl: std::time::Duration,
+) -> Result<String> {
+    use voice_call_mcp::auth::{self, Claims};
+    let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let claims = Claims {
+        sub: subject.into(),
+        exp: now + ttl.as_secs(),
+        iat: Some(now),
+        nbf: None,
+        iss: None,
+        aud: Some(audience.to_owned().into()),
+        scope: scope.into(),
+        calls: None,
+    };
+    auth::mint(secret, "HS256", &claims).map_err(|e| anyhow!("minting the token: {e}"))
+}
+
+/// The server binary to run: `given`, else the release build (`target/release/voice-call-mcp`), as an
+/// absolute path (the child runs in the temporary directory, where a relative one names nothing). An
+/// error if it is missing; a warning if it is older than the sources.
+pub(crate) fn server_binary(given: Option<&Path>) -> Result<PathBuf> {
+    let bin = given
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/voice-call-mcp"), Path::to_owned);
+    if !bin.is_file() {
+        return Err(anyhow!(
+            "the server binary {} is missing: build it first with `cargo build --release`",
+            bin.display()
+        ));
+    }
+    let bin = std::fs::canonicalize(&bin).with_context(|| format!("resolving {}", bin.display()))?;
+    warn_if_stale(&bin);
+    Ok(bin)
+}
+
+/// Fails unless this process may open `needed` descriptors; `what` says what needs them.
+pub(crate) fn ensure_open_files(needed: u64, what: &str) -> Result<()> {
+    match open_file_limit() {
+        Some(limit) if limit < needed => Err(anyhow!(
+            "the open-file limit ({limit}) is below the ~{needed} descriptors {what} need: raise `ulimit -n`"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The benchmarks' exit status: 0 when every target was met, 1 when one was missed, 2 (the error
+/// printed) when the run could not be set up.
+pub(crate) fn exit_code(outcome: Result<bool>) -> std::process::ExitCode {
+    match outcome {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
 }

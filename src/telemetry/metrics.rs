@@ -6,10 +6,16 @@
 //! its latencies in its own fields ([`super::relay::RelayMeter`]) and flushes them here about once a
 //! second, and `events.published` — bumped under the event bus's lock on every event — is one relaxed
 //! atomic read by an observable counter when metrics are collected.
+//!
+//! `runtime.tasks` (tokio's count of live tasks) is read when metrics are collected on the server's
+//! runtime, as `GET /metrics` is; the OTLP push collects on its own thread, outside any runtime, and so
+//! leaves it out. It is there to tell a task leak from a busy moment (the soak benchmark samples it).
 
 use super::prometheus;
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _, ObservableCounter, UpDownCounter};
+use opentelemetry::metrics::{
+    Counter, Histogram, Meter, MeterProvider as _, ObservableCounter, ObservableGauge, UpDownCounter,
+};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::reader::MetricReader;
@@ -45,6 +51,7 @@ pub struct Metrics {
     pub(crate) latency: Histogram<f64>,
     pub(crate) webhook_rejections: Counter<u64>,
     _events_published: ObservableCounter<u64>,
+    _runtime_tasks: ObservableGauge<u64>,
 }
 
 /// The pull reader shared between the provider (which owns its readers) and `/metrics` (which collects).
@@ -145,6 +152,17 @@ impl Metrics {
                 .with_description("Events appended to the event log.")
                 .with_callback(|o| o.observe(EVENTS_PUBLISHED.load(Ordering::Relaxed), &[]))
                 .build(),
+            _runtime_tasks: m
+                .u64_observable_gauge("voice_call.runtime.tasks")
+                .with_unit("{task}")
+                .with_description("Tasks alive on the server's async runtime (observed when collected on it).")
+                .with_callback(|o| {
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        let tasks = u64::try_from(runtime.metrics().num_alive_tasks()).unwrap_or(u64::MAX);
+                        o.observe(tasks, &[]);
+                    }
+                })
+                .build(),
             provider,
             reader,
         }
@@ -190,5 +208,34 @@ impl Metrics {
 
     pub(crate) fn webhook_rejected(&self, route: &str, reason: &'static str) {
         self.webhook_rejections.add(1, &[KeyValue::new("route", route.to_owned()), KeyValue::new("reason", reason)]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> Metrics {
+        Metrics::new(SdkMeterProvider::builder(), Arc::new(ManualReader::builder().build()))
+    }
+
+    #[tokio::test]
+    async fn the_runtime_s_live_tasks_are_a_gauge_when_collected_on_the_runtime() {
+        let metrics = fresh();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tasks: Vec<_> = (0..3).map(|_| tokio::spawn(stop.clone().cancelled_owned())).collect();
+        let text = metrics.prometheus_text();
+        assert!(text.contains("# TYPE voice_call_runtime_tasks gauge\n"), "{text}");
+        assert!(text.contains("\nvoice_call_runtime_tasks 3\n"), "{text}");
+        stop.cancel();
+        for t in tasks {
+            let _ = t.await;
+        }
+        assert!(metrics.prometheus_text().contains("\nvoice_call_runtime_tasks 0\n"));
+    }
+
+    #[test]
+    fn outside_a_runtime_the_task_gauge_is_left_out() {
+        assert!(!fresh().prometheus_text().contains("voice_call_runtime_tasks"));
     }
 }

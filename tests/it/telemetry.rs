@@ -278,6 +278,8 @@ async fn a_sandbox_call_is_traced_and_counted_over_otlp_and_at_metrics_with_json
         assert!(count > 0.0 && count == inf, "{direction}: count {count}, +Inf bucket {inf}");
     }
     assert!(samples.get("voice_call_events_published_total").is_some_and(|&n| n >= 4.0), "{text}");
+    // Collected on the server's runtime, so its live tasks are counted (the listener at least).
+    assert!(samples.get("voice_call_runtime_tasks").is_some_and(|&n| n >= 1.0), "{text}");
 
     // SIGTERM: the last spans and metrics are flushed before the process exits 0.
     let (code, lines) = server.stop();
