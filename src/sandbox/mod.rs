@@ -53,10 +53,6 @@ pub async fn start(config: &mut Config, port: u16) -> std::io::Result<Simulators
     let sim = TwilioSimulator::start(sim_config.clone()).await?;
     let rt_config = RealtimeSimConfig { api_key: hex(32), ms_per_char: 45, delta_ms: 100, end_silence_ms: 500 };
     let realtime = RealtimeSimulator::start(rt_config.clone()).await?;
-    // Nobody reads what they saw here (tests start their own): recorded, it would grow with every call
-    // for as long as the server runs (about 20 KiB a call, found by examples/soak.rs).
-    sim.stop_recording();
-    realtime.stop_recording();
     let mut voice_url = url::Url::parse(&realtime.url()).map_err(std::io::Error::other)?;
     voice_url.query_pairs_mut().append_pair("model", &config.voice.model);
     config.voice.url = voice_url;

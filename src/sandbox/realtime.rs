@@ -16,7 +16,7 @@
 use super::faults::{Fault, Faults};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
@@ -89,8 +89,6 @@ pub struct RealtimeSimulator {
 struct Shared {
     config: RealtimeSimConfig,
     events: mpsc::UnboundedSender<RealtimeSimEvent>,
-    /// Cleared by [`RealtimeSimulator::stop_recording`]: nothing more is queued for `next_event`.
-    recording: AtomicBool,
     /// Test controls fan out to every live connection; each subscribes when it opens.
     control: broadcast::Sender<Control>,
     connections: AtomicU64,
@@ -115,7 +113,6 @@ impl RealtimeSimulator {
         let shared = Arc::new(Shared {
             config,
             events,
-            recording: AtomicBool::new(true),
             control: broadcast::channel(16).0,
             connections: AtomicU64::new(0),
             cancel: CancellationToken::new(),
@@ -145,16 +142,6 @@ impl RealtimeSimulator {
     /// Like `next_event` without waiting; `None` also while another task awaits `next_event`.
     pub fn try_next_event(&self) -> Option<RealtimeSimEvent> {
         self.events.try_lock().ok()?.try_recv().ok()
-    }
-
-    /// Records nothing more, and drops what is queued: for a simulator whose events nobody reads
-    /// (sandbox mode), which would otherwise keep every connection's events (each `session.update`
-    /// with its instructions, each item and transcript) for the life of the process.
-    pub fn stop_recording(&self) {
-        self.shared.recording.store(false, Ordering::Relaxed);
-        if let Ok(mut queue) = self.events.try_lock() {
-            while queue.try_recv().is_ok() {}
-        }
     }
 
     /// Sends `{"type":"error","error":{"type":"server_error",code,message}}` on every live connection.
@@ -199,9 +186,7 @@ impl Drop for RealtimeSimulator {
 
 impl Shared {
     fn record(&self, event: RealtimeSimEvent) {
-        if self.recording.load(Ordering::Relaxed) {
-            let _ = self.events.send(event);
-        }
+        let _ = self.events.send(event);
     }
 
     /// Which header carried the right key: OpenAI's bearer token or Azure's `api-key`.
