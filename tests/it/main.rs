@@ -14,6 +14,7 @@ mod openapi;
 mod rejections;
 mod secrets;
 mod sse;
+mod state_machine;
 mod support;
 mod telemetry;
 mod voice;
