@@ -35,7 +35,28 @@ pub fn router() -> Router<AppState> {
 pub struct Form(Vec<(String, String)>);
 
 impl Form {
-    fn get(&self, name: &str) -> Option<&str> {
+    /// The body's form parameters, decoded, in order, repeats kept, if `signature` (the
+    /// `X-Twilio-Signature` header) holds for them over `url`, the URL Twilio requested.
+    pub fn verify(auth_token: &str, url: &str, body: &[u8], signature: Option<&str>) -> Result<Self, Rejection> {
+        let given = signature.ok_or(Rejection::Signature("missing X-Twilio-Signature"))?;
+        let form = Self::unverified(body);
+        if !signature::validate(auth_token, url, &form.0, given) {
+            return Err(Rejection::Signature("signature does not match"));
+        }
+        Ok(form)
+    }
+
+    /// The body's form parameters without any signature check: what [`Form::verify`] signs over.
+    pub fn unverified(body: &[u8]) -> Self {
+        Self(url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+    }
+
+    pub fn params(&self) -> &[(String, String)] {
+        &self.0
+    }
+
+    /// The first value given for `name`; an empty value counts as absent.
+    pub fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
     }
 }
@@ -86,18 +107,9 @@ impl axum::extract::FromRequest<AppState> for Form {
 }
 
 fn verify(state: &AppState, headers: &HeaderMap, uri: &Uri, body: &Bytes) -> Result<Form, Rejection> {
-    let given = headers
-        .get("x-twilio-signature")
-        .and_then(|v| v.to_str().ok())
-        .ok_or(Rejection::Signature("missing X-Twilio-Signature"))?;
-    let params: Vec<(String, String)> =
-        url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let given = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok());
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let url = state.config.public(path);
-    if !signature::validate(&state.config.twilio.auth_token, &url, &params, given) {
-        return Err(Rejection::Signature("signature does not match"));
-    }
-    Ok(Form(params))
+    Form::verify(&state.config.twilio.auth_token, &state.config.public(path), body, given)
 }
 
 fn call_sid(form: &Form) -> Result<&str, Rejection> {
@@ -106,6 +118,46 @@ fn call_sid(form: &Form) -> Result<&str, Rejection> {
 
 fn timestamp(form: &Form) -> OffsetDateTime {
     form.get("Timestamp").and_then(|t| OffsetDateTime::parse(t, &Rfc2822).ok()).unwrap_or_else(OffsetDateTime::now_utc)
+}
+
+/// What a status callback reports: its call and the updates to apply, in order (none for a `CallStatus`
+/// this server does not know, which must not move the call).
+pub fn status_updates(form: &Form) -> Result<(&str, Vec<CallUpdate>), Rejection> {
+    let sid = call_sid(form)?;
+    let Some(status) = form.get("CallStatus").and_then(CallStatus::parse) else {
+        tracing::warn!(call_sid = sid, status = ?form.get("CallStatus"), "status callback with an unknown CallStatus ignored");
+        return Ok((sid, Vec::new()));
+    };
+    let mut updates = vec![CallUpdate::Status {
+        status,
+        sequence: form.get("SequenceNumber").and_then(|s| s.parse().ok()),
+        duration_secs: form.get("CallDuration").and_then(|s| s.parse().ok()),
+        answered_by: form.get("AnsweredBy").map(str::to_owned),
+        at: timestamp(form),
+    }];
+    if let Some(url) = form.get("RecordingUrl") {
+        updates.push(CallUpdate::Recording { url: url.to_owned() });
+    }
+    Ok((sid, updates))
+}
+
+/// What a recording-status callback reports: the recording, once it is complete.
+pub fn recording_update(form: &Form) -> Result<(&str, Option<CallUpdate>), Rejection> {
+    let sid = call_sid(form)?;
+    Ok(match (form.get("RecordingStatus"), form.get("RecordingUrl")) {
+        (Some("completed"), Some(url)) => (sid, Some(CallUpdate::Recording { url: url.to_owned() })),
+        (status, _) => {
+            tracing::info!(call_sid = sid, recording_status = ?status, error_code = ?form.get("ErrorCode"), "recording not available");
+            (sid, None)
+        }
+    })
+}
+
+/// What an asynchronous answering-machine-detection callback reports.
+pub fn amd_update(form: &Form) -> Result<(&str, CallUpdate), Rejection> {
+    let sid = call_sid(form)?;
+    let by = form.get("AnsweredBy").ok_or(Rejection::Malformed("AnsweredBy is missing"))?;
+    Ok((sid, CallUpdate::AnsweredBy(by.to_owned())))
 }
 
 fn applied(sid: &str, outcome: UpdateOutcome) -> Response {
@@ -118,42 +170,25 @@ fn applied(sid: &str, outcome: UpdateOutcome) -> Response {
 }
 
 async fn status(State(state): State<AppState>, form: Form) -> Result<Response, Rejection> {
-    let sid = call_sid(&form)?;
-    let Some(status) = form.get("CallStatus").and_then(CallStatus::parse) else {
-        tracing::warn!(call_sid = sid, status = ?form.get("CallStatus"), "status callback with an unknown CallStatus ignored");
+    let (sid, updates) = status_updates(&form)?;
+    if updates.is_empty() {
         return Ok(StatusCode::OK.into_response());
-    };
-    let update = CallUpdate::Status {
-        status,
-        sequence: form.get("SequenceNumber").and_then(|s| s.parse().ok()),
-        duration_secs: form.get("CallDuration").and_then(|s| s.parse().ok()),
-        answered_by: form.get("AnsweredBy").map(str::to_owned),
-        at: timestamp(&form),
-    };
-    let mut outcome = state.switchboard.record(sid, update);
-    if let Some(url) = form.get("RecordingUrl") {
-        outcome = state.switchboard.record(sid, CallUpdate::Recording { url: url.to_owned() });
+    }
+    let mut outcome = UpdateOutcome::Unknown;
+    for update in updates {
+        outcome = state.switchboard.record(sid, update);
     }
     Ok(applied(sid, outcome))
 }
 
 async fn recording(State(state): State<AppState>, form: Form) -> Result<Response, Rejection> {
-    let sid = call_sid(&form)?;
-    Ok(match (form.get("RecordingStatus"), form.get("RecordingUrl")) {
-        (Some("completed"), Some(url)) => {
-            applied(sid, state.switchboard.record(sid, CallUpdate::Recording { url: url.to_owned() }))
-        }
-        (status, _) => {
-            tracing::info!(call_sid = sid, recording_status = ?status, error_code = ?form.get("ErrorCode"), "recording not available");
-            StatusCode::OK.into_response()
-        }
+    Ok(match recording_update(&form)? {
+        (sid, Some(update)) => applied(sid, state.switchboard.record(sid, update)),
+        (_, None) => StatusCode::OK.into_response(),
     })
 }
 
 async fn amd(State(state): State<AppState>, form: Form) -> Result<Response, Rejection> {
-    let sid = call_sid(&form)?;
-    Ok(match form.get("AnsweredBy") {
-        Some(by) => applied(sid, state.switchboard.record(sid, CallUpdate::AnsweredBy(by.to_owned()))),
-        None => Rejection::Malformed("AnsweredBy is missing").into_response(),
-    })
+    let (sid, update) = amd_update(&form)?;
+    Ok(applied(sid, state.switchboard.record(sid, update)))
 }

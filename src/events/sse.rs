@@ -109,7 +109,7 @@ impl Connections {
 
 /// Why a stream was not opened; each maps to its status at the edge.
 #[derive(Debug, thiserror::Error)]
-enum Refusal {
+pub enum Refusal {
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error("{0}")]
@@ -148,7 +148,7 @@ impl IntoResponse for Refusal {
 
 /// What this stream shows.
 #[derive(Debug, Default)]
-struct Filter {
+pub struct Filter {
     call_sids: Vec<String>,
     types: Vec<String>,
     /// From the token: the calls it may see (`None` = all).
@@ -172,7 +172,7 @@ const MAX_ID_DIGITS: usize = 19;
 
 /// A resume id as sent (`Last-Event-ID`, `lastEventId`): empty means none; else the decimal id, exactly as
 /// this server wrote it. Exactly what `openapi.yaml` says, so its fuzzing finds no gap between the two.
-fn resume_id(given: &[u8]) -> Result<Option<u64>, Refusal> {
+pub fn resume_id(given: &[u8]) -> Result<Option<u64>, Refusal> {
     if given.is_empty() {
         return Ok(None);
     }
@@ -187,7 +187,8 @@ fn resume_id(given: &[u8]) -> Result<Option<u64>, Refusal> {
     }
 }
 
-fn parse_query(query: &str, headers: &HeaderMap) -> Result<(Filter, Option<u64>), Refusal> {
+/// The stream's filter and the id to resume after, from the query string and the `Last-Event-ID` header.
+pub fn parse_query(query: &str, headers: &HeaderMap) -> Result<(Filter, Option<u64>), Refusal> {
     let mut filter = Filter::default();
     // A malformed header is refused, not taken for no header: that would start the stream live and
     // silently skip what the client asked to resume after.

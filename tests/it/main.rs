@@ -19,6 +19,7 @@ mod rejections;
 mod secrets;
 mod slow_reader;
 mod sse;
+mod state_machine;
 mod support;
 mod telemetry;
 mod transcripts;
