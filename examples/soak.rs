@@ -12,7 +12,8 @@
 //! What it does:
 //! - Starts `voice-call-mcp serve --sandbox` as a child process (on a free loopback port, `RUST_LOG=warn`)
 //!   with a file database, `DATABASE_URL=sqlite://<tmp>/soak.db`, so the store's size can be measured,
-//!   `EVENT_RETENTION_COUNT=--retention-count` so the event log reaches a steady state, a `JWT_SECRET`
+//!   `EVENT_RETENTION_COUNT=--retention-count` and `CALL_RETENTION_COUNT=--call-retention-count`
+//!   (default 2,000) so the event log and the stored calls reach a steady state, a `JWT_SECRET`
 //!   to mint one token with every scope, and the abuse limits (`MAX_CONCURRENT_CALLS`, `CALLS_PER_HOUR`,
 //!   `RATE_LIMIT_*`, `SSE_MAX_CONNECTIONS*`) raised above the load: they are not what this measures.
 //! - Opens `--subscribers` streams on `/events` (HTTP/1.1 on a bare socket, `support/sse.rs`) that read
@@ -98,6 +99,9 @@ struct Args {
     /// The server's EVENT_RETENTION_COUNT: the event log's size once retention holds it steady.
     #[arg(long, default_value_t = 20_000)]
     retention_count: u64,
+    /// The server's CALL_RETENTION_COUNT: ended calls (and their transcripts) kept in the store.
+    #[arg(long, default_value_t = 2_000)]
+    call_retention_count: u64,
     /// A call not ended this long after its wave was placed is ended with `end-call` and counted.
     #[arg(long, default_value_t = 120)]
     wave_timeout_secs: u64,
@@ -342,6 +346,7 @@ fn spawn_server(args: &Args, bin: &Path, port: u16, db: &Path, log: &Path) -> Re
         .env("BIND", "127.0.0.1")
         .env("DATABASE_URL", format!("sqlite://{}", db.display()))
         .env("EVENT_RETENTION_COUNT", args.retention_count.to_string())
+        .env("CALL_RETENTION_COUNT", args.call_retention_count.to_string())
         .env("JWT_SECRET", SECRET)
         .env("JWT_AUDIENCE", AUDIENCE)
         .env("MAX_CONCURRENT_CALLS", (args.calls + 50).to_string())
