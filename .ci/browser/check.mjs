@@ -14,7 +14,7 @@ import { createServer } from 'node:http';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Browser, CheckFailed, endSession, env, log, must, openPage, screenshot as capture, sleep, triggerCall } from './lib.mjs';
+import { Browser, CheckFailed, endSession, env, log, must, openPage, screenshot as capture, sleep, triggerCall, runCheck } from './lib.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const SERVER = env('SERVER_URL');
@@ -180,10 +180,4 @@ async function main() {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    console.log(`  FAILED: ${redact(e instanceof CheckFailed ? e.message : e.stack || e)}`);
-    process.exit(1);
-  },
-);
+runCheck(main, redact);

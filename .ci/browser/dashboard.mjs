@@ -21,7 +21,7 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Browser, CheckFailed, endSession, env, log, must, openPage, screenshot, sleep, triggerCall } from './lib.mjs';
+import { Browser, CheckFailed, endSession, env, log, must, openPage, screenshot, sleep, triggerCall, runCheck } from './lib.mjs';
 
 const SERVER = env('SERVER_URL');
 const RESULTS = env('RESULTS');
@@ -238,10 +238,4 @@ async function main() {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    console.log(`  FAILED: ${redact(e instanceof CheckFailed ? e.message : e.stack || e)}`);
-    process.exit(1);
-  },
-);
+runCheck(main, redact);

@@ -22,6 +22,16 @@ export class CheckFailed extends Error {}
 export const must = (cond, msg) => {
   if (!cond) throw new CheckFailed(msg);
 };
+// Runs a check's `main`: exit 0 when it returns, 1 with the reason (passed through `redact`) when it throws.
+export function runCheck(main, redact) {
+  main().then(
+    () => process.exit(0),
+    (e) => {
+      console.log(`  FAILED: ${redact(e instanceof CheckFailed ? e.message : e.stack || e)}`);
+      process.exit(1);
+    },
+  );
+}
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const t0 = Date.now();
 export const log = (msg) => console.log(`  [${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s] ${msg}`);

@@ -9,7 +9,7 @@ import { createServer } from 'node:http';
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Browser, CheckFailed, env, log, must, openPage, sleep } from './lib.mjs';
+import { Browser, CheckFailed, env, log, must, openPage, sleep, runCheck } from './lib.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const SERVER = env('SERVER_URL');
@@ -71,10 +71,4 @@ async function main() {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    console.log(`  FAILED: ${redact(e instanceof CheckFailed ? e.message : e.stack || e)}`);
-    process.exit(1);
-  },
-);
+runCheck(main, redact);

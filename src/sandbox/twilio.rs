@@ -376,13 +376,10 @@ async fn create_call(
     body: Bytes,
 ) -> Response {
     let path = uri.path();
-    let Some(auth) = sim.authenticate(&headers, &account) else {
-        return sim.reject(path, StatusCode::UNAUTHORIZED, 20003, "Authenticate".into());
+    let (auth, fault) = match admit(&sim, &headers, &account, path).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
     };
-    let fault = sim.faults.take();
-    if let Some(refused) = sim.refuse_for(fault, path).await {
-        return refused;
-    }
     let form: Params = url::form_urlencoded::parse(&body).into_owned().collect();
     let Some(to) = field(&form, "To") else {
         return sim.reject(path, StatusCode::BAD_REQUEST, 21201, "No 'To' number is specified".into());
@@ -421,6 +418,24 @@ async fn create_call(
     sim.answer(fault, path, (StatusCode::CREATED, axum::Json(body)).into_response()).await
 }
 
+/// What every REST request passes first: Basic auth for the path's account, then any injected fault
+/// that refuses it outright. A fault that lets it through (its answer to be lost) comes back with it.
+async fn admit(
+    sim: &Shared,
+    headers: &HeaderMap,
+    account: &str,
+    path: &str,
+) -> Result<(SimAuth, Option<Fault>), Response> {
+    let Some(auth) = sim.authenticate(headers, account) else {
+        return Err(sim.reject(path, StatusCode::UNAUTHORIZED, 20003, "Authenticate".into()));
+    };
+    let fault = sim.faults.take();
+    match sim.refuse_for(fault, path).await {
+        Some(refused) => Err(refused),
+        None => Ok((auth, fault)),
+    }
+}
+
 async fn update_call(
     State(sim): State<Arc<Shared>>,
     Path((account, file)): Path<(String, String)>,
@@ -429,13 +444,10 @@ async fn update_call(
     body: Bytes,
 ) -> Response {
     let path = uri.path();
-    if sim.authenticate(&headers, &account).is_none() {
-        return sim.reject(path, StatusCode::UNAUTHORIZED, 20003, "Authenticate".into());
-    }
-    let fault = sim.faults.take();
-    if let Some(refused) = sim.refuse_for(fault, path).await {
-        return refused;
-    }
+    let fault = match admit(&sim, &headers, &account, path).await {
+        Ok((_, fault)) => fault,
+        Err(refused) => return refused,
+    };
     let response = update(&sim, path, &file, &body);
     sim.answer(fault, path, response).await
 }
@@ -475,13 +487,10 @@ async fn fetch_call(
     headers: HeaderMap,
 ) -> Response {
     let path = uri.path();
-    if sim.authenticate(&headers, &account).is_none() {
-        return sim.reject(path, StatusCode::UNAUTHORIZED, 20003, "Authenticate".into());
-    }
-    let fault = sim.faults.take();
-    if let Some(refused) = sim.refuse_for(fault, path).await {
-        return refused;
-    }
+    let fault = match admit(&sim, &headers, &account, path).await {
+        Ok((_, fault)) => fault,
+        Err(refused) => return refused,
+    };
     let sid = file.strip_suffix(".json").unwrap_or_default();
     let Some(body) = sim.lock().get(sid).map(|call| sim.call_json(sid, call)) else {
         return sim.reject(path, StatusCode::NOT_FOUND, 20404, format!("The requested resource {path} was not found"));
